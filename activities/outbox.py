@@ -1,0 +1,58 @@
+"""The outbox: the sender for channels without a provider (development, demos, tests).
+
+Nothing leaves the machine: the rendered message is kept in the store's messages row and a
+readable block is printed, so a developer sees exactly what a customer would receive.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+from dunning.models import Channel
+from dunning.ports import MessageRequest, MessageResult, RenderedMessage
+from dunning.store import Store
+
+logger = logging.getLogger(__name__)
+
+_RULE = "-" * 72
+
+
+class OutboxSender:
+    name = "outbox"
+
+    def __init__(self, channel: Channel, store: Store | None = None, *, stream: TextIO | None = None) -> None:
+        self.channel = Channel(channel)
+        self.store = store
+        self.stream = stream
+
+    def send(self, request: MessageRequest, message: RenderedMessage) -> MessageResult:
+        from activities.messaging import message_record, recipient_for
+
+        recipient = recipient_for(request)
+        if self.store is not None:
+            # Idempotent: the messaging activity normally claimed this row (with the same body).
+            self.store.claim_message(message_record(request, message, recipient=recipient))
+        print(format_block(request, message, recipient), file=self.stream or sys.stdout, flush=True)
+        logger.info("outbox %s: %s to %s", self.channel.value, request.dedupe_key, recipient)
+        return MessageResult(
+            status="sent",
+            detail=f"kept in the outbox ({self.channel.value} is not connected to a provider)",
+            provider_message_id=f"outbox:{request.dedupe_key}",
+        )
+
+
+def format_block(request: MessageRequest, message: RenderedMessage, recipient: str | None) -> str:
+    lines = [
+        _RULE,
+        f"OUTBOX {request.channel.value} -> {recipient or '(no recipient)'}",
+        f"key: {request.dedupe_key}   template: {request.template}   locale: {request.customer.locale}",
+    ]
+    if message.subject:
+        lines.append(f"{'subject' if request.channel is Channel.email else 'title'}: {message.subject}")
+    lines += ["", message.text]
+    if message.html:
+        lines += ["", f"(+ HTML part, {len(message.html)} characters)"]
+    lines.append(_RULE)
+    return "\n".join(lines)

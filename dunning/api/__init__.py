@@ -1,0 +1,1 @@
+"""The HTTP service: webhooks, ops API and dashboard."""

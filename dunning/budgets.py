@@ -1,0 +1,317 @@
+"""Retry budgets: when may this card be charged again without breaking a network rule or a cap.
+
+Pure: no I/O, no clock. The store supplies the ledger of attempts on the card, across every
+journey, and the caller supplies `not_before` (its own "now" or its preferred slot).
+
+Network rules (sources in the decline tables' `source` column):
+
+* Visa (Visa Core Rules, decline categories, Apr 2021 update): at most 1 original attempt plus
+  `visa_reattempts_30d` reattempts of the same transaction (card, merchant, amount) in any
+  rolling 30 days. 15 by default; the 2026 rule raises it to 20.
+* Mastercard (Merchant Advice Codes, excessive-retry rules): more than 10 attempts in 24 hours
+  or 35 in 30 days are charged, so at most 10 in any rolling 24 h and 35 in any rolling 30 days.
+  The 24 h count covers every amount on the card, which is the stricter reading; the 30-day
+  count is per card and amount, like Visa's.
+* A decline's own wait (Mastercard MAC 02, 24-30) runs from that decline, for every amount.
+* A decline that stops the card number (Visa category 1, MAC 03/21/40/41) blocks the card for
+  good, whatever the amount or payment method. Other stops (`DeclineVerdict.stop_method`) block
+  only the declined payment method, until it is replaced (a new payment method id, even for the
+  same card number) or it succeeded after the decline (`PaymentMethod.last_succeeded_at`, e.g. the
+  customer authenticated on-session). `violations` sees only the ledger, so it cannot know the
+  latter.
+
+Rolling windows: two attempts share a window of length W when they are less than W apart, so
+"at most N in any W" means any N + 1 attempts span at least W. A full window frees up at the
+exact moment its oldest counted attempt turns W old.
+
+Journey caps count retries: the journey's earliest attempt is the failure that started it.
+
+* `max_attempts_per_payment_method`: retries of this journey on this payment method; the
+  journey's initial failed charge is not a retry. 8 (Stripe's guidance) means at most 8 retries.
+* `max_attempts_per_journey`: retries of this journey over all its payment methods; the initial
+  failure is not a retry, so the journey makes at most `max_attempts_per_journey + 1` attempts.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import Field, field_validator
+
+from dunning.declines import classify, normalize_brand, stops_card
+from dunning.durations import Duration, format_duration
+from dunning.models import Decline, Frozen, PaymentMethod
+
+VISA_WINDOW = timedelta(days=30)
+MASTERCARD_DAY = timedelta(hours=24)
+MASTERCARD_MONTH = timedelta(days=30)
+MASTERCARD_02_MINIMUM = timedelta(hours=72)
+
+
+class RetryLimits(Frozen):
+    """Network limits and policy caps; every field can be set in the ops policy YAML."""
+
+    visa_reattempts_30d: int = Field(
+        default=15, ge=1, description="Visa reattempts per card+amount in 30 days (2026 rule: 20)"
+    )
+    mastercard_attempts_24h: int = Field(default=10, ge=1)
+    mastercard_attempts_30d: int = Field(default=35, ge=1)
+    mastercard_02_delay: Duration = Field(
+        default=MASTERCARD_02_MINIMUM, description="wait after MAC 02; the network asks for >= 72h"
+    )
+    max_attempts_per_payment_method: int = Field(
+        default=8,
+        ge=1,
+        description="this journey's attempts on one method, initial failure included",
+    )
+    max_attempts_per_journey: int = Field(
+        default=12, ge=0, description="this journey's retries; the initial failure is not counted"
+    )
+
+    @field_validator("mastercard_02_delay")
+    @classmethod
+    def _mac_02_floor(cls, value: timedelta) -> timedelta:
+        if value < MASTERCARD_02_MINIMUM:
+            raise ValueError("Mastercard MAC 02 requires waiting at least 72h")
+        return value
+
+
+@dataclass(frozen=True)
+class CardAttempt:
+    """One charge attempt on a card, from this journey or another one (the store's ledger)."""
+
+    at: datetime
+    card_key: str
+    brand: str | None
+    amount: int
+    currency: str
+    journey_id: str
+    payment_method_id: str
+    decline: Decline | None  # None = succeeded or outcome unknown
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    # Earliest time >= not_before when a new attempt respects every rule; None = never on this card.
+    allowed_at: datetime | None
+    reasons: tuple[str, ...]  # why: each rule that moved or blocked it, readable by ops
+
+
+@dataclass(frozen=True)
+class _Window:
+    name: str
+    times: list[datetime]
+    cap: int
+    length: timedelta
+
+
+def _fits(times: Sequence[datetime], cap: int, length: timedelta, candidate: datetime) -> bool:
+    """True when adding `candidate` leaves every run of cap + 1 attempts spanning >= length."""
+    merged = sorted([*times, candidate])
+    k = bisect_left(merged, candidate)
+    for start in range(max(0, k - cap), k + 1):
+        end = start + cap
+        if end < len(merged) and merged[end] - merged[start] < length:
+            return False
+    return True
+
+
+def _earliest_fit(window: _Window, t: datetime) -> datetime:
+    # A feasible stretch starts at t or where some attempt turns `length` old; try those in order.
+    candidates = sorted({t} | {x + window.length for x in window.times if x + window.length > t})
+    for candidate in candidates:
+        if _fits(window.times, window.cap, window.length, candidate):
+            return candidate
+    raise AssertionError("unreachable: the last attempt + length always fits")
+
+
+def _same_amount(attempt: CardAttempt, amount: int, currency: str) -> bool:
+    return attempt.amount == amount and attempt.currency.lower() == currency
+
+
+def earliest_attempt(
+    *,
+    card: PaymentMethod,
+    amount: int,
+    currency: str,
+    journey_id: str,
+    history: Sequence[CardAttempt],
+    not_before: datetime,
+    limits: RetryLimits,
+) -> BudgetDecision:
+    """Earliest moment >= not_before when journey `journey_id` may charge `amount` to `card`.
+
+    `history` is every known attempt on this card (matching `card.card_key`) by any journey,
+    including each journey's initial failed charge. Attempts on other cards may be included: they
+    count only towards this journey's `max_attempts_per_journey`. Returns allowed_at=None when no
+    attempt on this card may ever follow (a stop or a journey cap). See the module docstring for
+    how each rule counts.
+    """
+    key = card.card_key
+    brand = normalize_brand(card.brand)
+    currency = currency.lower()
+    on_card = sorted((a for a in history if a.card_key == key), key=lambda a: a.at)
+
+    blocked: list[str] = []
+    waits: list[tuple[datetime, str]] = []
+    for a in on_card:
+        if a.decline is None:
+            continue
+        attempt_brand = a.brand or card.brand
+        verdict = classify(a.decline, attempt_brand, limits.mastercard_02_delay)
+        explained = "; ".join(verdict.reasons)
+        if verdict.stop_method:
+            if stops_card(a.decline, attempt_brand):
+                blocked.append(
+                    f"card stopped for good by the decline at {a.at.isoformat()}: {explained}"
+                )
+            elif a.payment_method_id == card.id and not (
+                card.last_succeeded_at is not None and card.last_succeeded_at > a.at
+            ):
+                blocked.append(
+                    f"payment method {card.id} stopped until updated by the decline at "
+                    f"{a.at.isoformat()}: {explained}"
+                )
+        if verdict.min_delay:
+            waits.append(
+                (
+                    a.at + verdict.min_delay,
+                    f"wait {format_duration(verdict.min_delay)} after the decline at "
+                    f"{a.at.isoformat()}: {explained}",
+                )
+            )
+
+    mine = sorted((a for a in history if a.journey_id == journey_id), key=lambda a: a.at)
+    on_method = sum(1 for a in mine[1:] if a.payment_method_id == card.id)
+    if on_method >= limits.max_attempts_per_payment_method:
+        blocked.append(
+            f"journey {journey_id} made {on_method} retries on {card.id} "
+            f"(cap {limits.max_attempts_per_payment_method})"
+        )
+    if len(mine) >= limits.max_attempts_per_journey + 1:
+        blocked.append(
+            f"journey {journey_id} made {len(mine) - 1} retries after its initial failure "
+            f"(cap {limits.max_attempts_per_journey})"
+        )
+    if blocked:
+        return BudgetDecision(None, tuple(blocked))
+
+    reasons: list[str] = []
+    t = not_before
+    if waits:
+        until, why = max(waits, key=lambda w: w[0])
+        if until > t:
+            t = until
+            reasons.append(why)
+
+    windows: list[_Window] = []
+    same_amount = [a.at for a in on_card if _same_amount(a, amount, currency)]
+    if brand == "visa":
+        cap = 1 + limits.visa_reattempts_30d
+        name = f"Visa: at most 1 + {cap - 1} attempts per card and amount in any 30 days"
+        windows.append(_Window(name, same_amount, cap, VISA_WINDOW))
+    elif brand == "mastercard":
+        day_cap, month_cap = limits.mastercard_attempts_24h, limits.mastercard_attempts_30d
+        name = f"Mastercard: at most {day_cap} attempts per card in any 24 hours"
+        windows.append(_Window(name, [a.at for a in on_card], day_cap, MASTERCARD_DAY))
+        name = f"Mastercard: at most {month_cap} attempts per card and amount in any 30 days"
+        windows.append(_Window(name, same_amount, month_cap, MASTERCARD_MONTH))
+    # Each window only ever pushes t later; repeat until every window accepts the same t.
+    moved = True
+    while moved:
+        moved = False
+        for window in windows:
+            fit = _earliest_fit(window, t)
+            if fit > t:
+                t, moved = fit, True
+                reasons.append(f"{window.name}: full until {fit.isoformat()}")
+    return BudgetDecision(t, tuple(reasons))
+
+
+def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str]:
+    """Every network rule and cap that an executed sequence of attempts breaks (empty = compliant).
+
+    Checks the whole ledger at once, possibly several journeys and cards, written independently
+    of `earliest_attempt` so that each checks the other. Attempts are taken in time order; the
+    caps count as `earliest_attempt` documents.
+    """
+    ordered = sorted(attempts, key=lambda a: a.at)
+    found: list[str] = []
+
+    def label(a: CardAttempt) -> str:
+        return (
+            f"attempt at {a.at.isoformat()} on {a.card_key}/{a.payment_method_id} by {a.journey_id}"
+        )
+
+    for i, later in enumerate(ordered):
+        for earlier in ordered[:i]:
+            if earlier.card_key != later.card_key or earlier.decline is None:
+                continue
+            verdict = classify(earlier.decline, earlier.brand, limits.mastercard_02_delay)
+            if later.at < earlier.at + verdict.min_delay:
+                found.append(
+                    f"{label(later)} is within {format_duration(verdict.min_delay)} of the "
+                    f"decline at {earlier.at.isoformat()}"
+                )
+            if not verdict.stop_method:
+                continue
+            if stops_card(earlier.decline, earlier.brand):
+                found.append(
+                    f"{label(later)} follows a card-level stop at {earlier.at.isoformat()}"
+                )
+            elif earlier.payment_method_id == later.payment_method_id:
+                found.append(
+                    f"{label(later)} follows a stop on {earlier.payment_method_id} at "
+                    f"{earlier.at.isoformat()}"
+                )
+
+    def windows(
+        rule: str, group: Callable[[CardAttempt], object], brand: str, cap: int, length: timedelta
+    ) -> None:
+        groups: dict[object, list[datetime]] = defaultdict(list)
+        for a in ordered:
+            if normalize_brand(a.brand) == brand:
+                groups[group(a)].append(a.at)
+        for key, times in groups.items():
+            for start in range(len(times) - cap):
+                if times[start + cap] - times[start] < length:
+                    found.append(
+                        f"{rule} broken for {key}: {cap + 1} attempts from "
+                        f"{times[start].isoformat()} to {times[start + cap].isoformat()}"
+                    )
+
+    def per_amount(a: CardAttempt) -> object:
+        return (a.card_key, a.amount, a.currency.lower())
+
+    def per_card(a: CardAttempt) -> object:
+        return a.card_key
+
+    visa_cap = 1 + limits.visa_reattempts_30d
+    windows("Visa 30-day reattempt limit", per_amount, "visa", visa_cap, VISA_WINDOW)
+    day_cap, month_cap = limits.mastercard_attempts_24h, limits.mastercard_attempts_30d
+    windows("Mastercard 24-hour limit", per_card, "mastercard", day_cap, MASTERCARD_DAY)
+    windows("Mastercard 30-day limit", per_amount, "mastercard", month_cap, MASTERCARD_MONTH)
+
+    per_method: dict[tuple[str, str], int] = defaultdict(int)
+    per_journey: dict[str, int] = defaultdict(int)
+    for a in ordered:
+        if per_journey[a.journey_id]:  # the journey's first attempt is its initial failure
+            per_method[(a.journey_id, a.payment_method_id)] += 1
+        per_journey[a.journey_id] += 1
+    for (journey, method), count in per_method.items():
+        if count > limits.max_attempts_per_payment_method:
+            found.append(
+                f"journey {journey} made {count} retries on {method} "
+                f"(cap {limits.max_attempts_per_payment_method})"
+            )
+    for journey, count in per_journey.items():
+        if count > limits.max_attempts_per_journey + 1:
+            found.append(
+                f"journey {journey} made {count - 1} retries "
+                f"(cap {limits.max_attempts_per_journey})"
+            )
+    return found

@@ -1,0 +1,1 @@
+"""Built-in message templates: <locale>/<template>.<channel>.<part>.j2 (see dunning.rendering)."""

@@ -1,0 +1,401 @@
+"""When to act: local-time retry slots, paydays, bank business days and messaging quiet hours.
+
+Pure and deterministic (it runs inside Temporal workflows): no clock, no randomness, no I/O
+beyond the zone and holiday data the libraries ship. Every datetime going in must be
+timezone-aware; every datetime coming out is UTC.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta, timezone
+from functools import lru_cache
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import holidays
+import phonenumbers
+from phonenumbers import PhoneNumberType
+from phonenumbers import timezone as phone_timezone
+from pydantic import field_validator, model_validator
+
+from dunning.durations import Duration
+from dunning.models import Customer, Frozen, PaymentMethod
+
+UTC = timezone.utc
+LAST_BUSINESS_DAY = "last_business_day"
+
+# Real UTC offsets stay within about ±15h (historic local mean times included), so this
+# margin around a local wall-clock interval always contains every instant that maps into it.
+_OFFSET_MARGIN = timedelta(hours=18)
+# tzdata never has two transitions closer than this, so sampling at this step finds them all.
+_TRANSITION_STEP = timedelta(hours=6)
+_EPSILON = timedelta(microseconds=1)
+_WEEKEND = frozenset({5, 6})
+
+
+def _load_zone(name: str | None) -> ZoneInfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
+        return None
+
+
+class TimingRules(Frozen):
+    """The timing part of the ops policy."""
+
+    merchant_timezone: str = "UTC"
+    paydays: tuple[int | Literal["last_business_day"], ...] = (1, 15, LAST_BUSINESS_DAY)
+    retry_hours: tuple[time, time] = (time(9), time(12))
+    business_hours: tuple[time, time] = (time(9), time(17))
+    quiet_hours_end: time = time(8)
+    quiet_hours_start: time = time(21)
+    jitter: Duration = timedelta(minutes=30)
+
+    @field_validator("merchant_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if _load_zone(value) is None:
+            raise ValueError(
+                f"unknown time zone {value!r}: use an IANA name such as 'UTC', "
+                "'America/New_York' or 'Europe/Bucharest'"
+            )
+        return value
+
+    @field_validator("paydays")
+    @classmethod
+    def _valid_paydays(cls, value: tuple[int | str, ...]) -> tuple[int | str, ...]:
+        for day in value:
+            if isinstance(day, int) and not 1 <= day <= 31:
+                raise ValueError(
+                    f"payday {day} must be a day of the month (1..31) or 'last_business_day'"
+                )
+        return value
+
+    @field_validator("retry_hours", "business_hours")
+    @classmethod
+    def _ordered_window(cls, value: tuple[time, time]) -> tuple[time, time]:
+        start, end = value
+        if start.tzinfo is not None or end.tzinfo is not None:
+            raise ValueError("hours are local wall-clock times: drop the UTC offset")
+        if not start < end:
+            raise ValueError(f"window start {start} must be before its end {end}")
+        return value
+
+    @field_validator("quiet_hours_end", "quiet_hours_start")
+    @classmethod
+    def _naive_time(cls, value: time) -> time:
+        if value.tzinfo is not None:
+            raise ValueError("quiet hours are local wall-clock times: drop the UTC offset")
+        return value
+
+    @field_validator("jitter")
+    @classmethod
+    def _non_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("jitter must not be negative")
+        return value
+
+    @model_validator(mode="after")
+    def _quiet_order(self) -> TimingRules:
+        # Messages are allowed in [quiet_hours_end, quiet_hours_start) on the same local day.
+        if not self.quiet_hours_end < self.quiet_hours_start:
+            raise ValueError(
+                f"quiet_hours_end ({self.quiet_hours_end}) must be before "
+                f"quiet_hours_start ({self.quiet_hours_start})"
+            )
+        return self
+
+
+# --- zones -------------------------------------------------------------------------------
+
+
+def _first_zone(names: tuple[str, ...] | list[str]) -> ZoneInfo | None:
+    for name in sorted(names):
+        if name != phone_timezone.UNKNOWN_TIMEZONE and (zone := _load_zone(name)) is not None:
+            return zone
+    return None
+
+
+@lru_cache(maxsize=512)
+def _country_zone(country: str) -> ZoneInfo | None:
+    """A representative zone: the one of the country's example landline in libphonenumber.
+
+    That is usually the capital's zone; large countries get one of their zones (e.g. RU ->
+    Asia/Irkutsk, CA -> America/Halifax), so a profile timezone or phone number is better.
+    """
+    region = country.strip().upper()
+    example = phonenumbers.example_number_for_type(region, PhoneNumberType.FIXED_LINE)
+    example = example or phonenumbers.example_number(region)
+    if example is None:
+        return None
+    return _first_zone(phone_timezone.time_zones_for_geographical_number(example))
+
+
+def _phone_zone(phone: str, country: str | None) -> ZoneInfo | None:
+    try:
+        number = phonenumbers.parse(phone, (country or "").upper() or None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    names = [
+        name
+        for name in phone_timezone.time_zones_for_number(number)
+        if name != phone_timezone.UNKNOWN_TIMEZONE
+    ]
+    if len(names) > 1:
+        # Mobile and toll-free numbers map to every zone of the country: use its representative.
+        region = phonenumbers.region_code_for_number(number)
+        representative = _country_zone(region) if region else None
+        if representative is not None and representative.key in names:
+            return representative
+    return _first_zone(names)
+
+
+def customer_zone(
+    customer: Customer, payment_method: PaymentMethod | None, merchant_timezone: str
+) -> ZoneInfo:
+    """Profile timezone > phone number > card/bank country > customer country > merchant default."""
+    zone = _load_zone(customer.timezone)
+    if zone is None and customer.phone:
+        zone = _phone_zone(customer.phone, customer.country)
+    if zone is None and payment_method is not None and payment_method.country:
+        zone = _country_zone(payment_method.country)
+    if zone is None and customer.country:
+        zone = _country_zone(customer.country)
+    if zone is None:
+        zone = _load_zone(merchant_timezone)
+    if zone is None:
+        raise ValueError(f"unknown merchant time zone {merchant_timezone!r}")
+    return zone
+
+
+# --- business days and paydays -----------------------------------------------------------
+
+
+@lru_cache(maxsize=1024)
+def _bank_calendar(
+    country: str, year: int
+) -> tuple[frozenset[date], frozenset[int], frozenset[date]]:
+    """(holidays, weekend weekdays, weekend days that are working days) for one country-year."""
+    try:
+        supported = holidays.country_holidays(country).supported_categories
+        categories = tuple(c for c in ("public", "bank") if c in supported)
+        table = holidays.country_holidays(country, years=year, categories=categories, expand=False)
+    except (NotImplementedError, KeyError, ValueError):
+        return frozenset(), _WEEKEND, frozenset()  # no calendar for this code: weekends only
+    workdays = frozenset(d for d in getattr(table, "weekend_workdays", ()) if d.year == year)
+    return frozenset(table.keys()), frozenset(table.weekend), workdays
+
+
+def is_business_day(day: date, country: str | None) -> bool:
+    """Not a weekend and not a public or bank holiday of `country` (None/unknown: weekends only)."""
+    if not country:
+        return day.weekday() not in _WEEKEND
+    closed, weekend, weekend_workdays = _bank_calendar(country.strip().upper(), day.year)
+    if day in closed:
+        return False
+    return day.weekday() not in weekend or day in weekend_workdays
+
+
+def _last_business_day(year: int, month: int, country: str | None) -> date:
+    day = date(year, month, calendar.monthrange(year, month)[1])
+    first = date(year, month, 1)
+    while day > first and not is_business_day(day, country):
+        day -= timedelta(days=1)
+    return day
+
+
+def _month_paydays(year: int, month: int, rules: TimingRules, country: str | None) -> set[date]:
+    length = calendar.monthrange(year, month)[1]
+    days: set[date] = set()
+    for payday in rules.paydays:
+        if payday == LAST_BUSINESS_DAY:
+            days.add(_last_business_day(year, month, country))
+        else:
+            days.add(date(year, month, min(int(payday), length)))
+    return days
+
+
+def _utc(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware, got {value!r}")
+    return value.astimezone(UTC)
+
+
+def paydays_in(
+    start: datetime, end: datetime, zone: ZoneInfo, rules: TimingRules, country: str | None
+) -> list[date]:
+    """The paydays whose local date lies between the local dates of `start` and `end`."""
+    first = _utc(start, "start").astimezone(zone).date()
+    last = _utc(end, "end").astimezone(zone).date()
+    found: set[date] = set()
+    year, month = first.year, first.month
+    while (year, month) <= (last.year, last.month):
+        found |= _month_paydays(year, month, rules, country)
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return sorted(d for d in found if first <= d <= last)
+
+
+# --- local wall-clock intervals ----------------------------------------------------------
+
+
+def _offset(instant: datetime, zone: ZoneInfo) -> timedelta:
+    return instant.astimezone(zone).utcoffset() or timedelta(0)
+
+
+def _constant_offset_pieces(
+    start: datetime, end: datetime, zone: ZoneInfo
+) -> Iterator[tuple[datetime, datetime, timedelta]]:
+    """Split the UTC range [start, end) at the zone's transitions."""
+    piece_start, piece_offset = start, _offset(start, zone)
+    probe = start
+    while probe < end:
+        nxt = min(probe + _TRANSITION_STEP, end)
+        if _offset(nxt, zone) != piece_offset:
+            low, high = probe, nxt  # offset(low) == piece_offset != offset(high)
+            while high - low > _EPSILON:
+                mid = low + (high - low) / 2
+                if _offset(mid, zone) == piece_offset:
+                    low = mid
+                else:
+                    high = mid
+            yield piece_start, high, piece_offset
+            piece_start, piece_offset = high, _offset(high, zone)
+        probe = nxt
+    yield piece_start, end, piece_offset
+
+
+def _local_intervals(
+    day: date, begin: time, finish: time, zone: ZoneInfo
+) -> list[tuple[datetime, datetime]]:
+    """Exactly the UTC instants whose local wall clock reads `day` between begin and finish.
+
+    Built per constant-offset piece, so a wall time skipped by a DST gap starts the interval at
+    the transition (moved forward) and a repeated hour is covered once per occurrence.
+    """
+    wall_begin = datetime.combine(day, begin)
+    wall_end = datetime.combine(day, finish)
+    search_start = (wall_begin - _OFFSET_MARGIN).replace(tzinfo=UTC)
+    search_end = (wall_end + _OFFSET_MARGIN).replace(tzinfo=UTC)
+    intervals: list[tuple[datetime, datetime]] = []
+    for piece_start, piece_end, offset in _constant_offset_pieces(search_start, search_end, zone):
+        lo = max(piece_start, (wall_begin - offset).replace(tzinfo=UTC))
+        hi = min(piece_end, (wall_end - offset).replace(tzinfo=UTC))
+        if lo >= hi:
+            continue
+        if intervals and intervals[-1][1] == lo:
+            intervals[-1] = (intervals[-1][0], hi)
+        else:
+            intervals.append((lo, hi))
+    return intervals
+
+
+# --- retries -----------------------------------------------------------------------------
+
+
+def _jitter(key: str, limit: timedelta) -> timedelta:
+    """A deterministic offset in [0, limit), whole seconds when the limit allows it."""
+    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    seconds = int(limit.total_seconds())
+    if seconds >= 1:
+        return timedelta(seconds=digest % seconds)
+    return timedelta(0)
+
+
+def _pick(start: datetime, end: datetime, rules: TimingRules, key: str) -> datetime:
+    """A moment in the half-open [start, end), spread by the key's jitter."""
+    return start + _jitter(key, min(rules.jitter, end - start))
+
+
+def place_retry(
+    *,
+    window_start: datetime,
+    window_end: datetime,
+    not_before: datetime,
+    zone: ZoneInfo,
+    payment_method: PaymentMethod,
+    prefer_payday: bool,
+    rules: TimingRules,
+    jitter_key: str,
+) -> datetime | None:
+    """The moment to retry a charge within [max(window_start, not_before), window_end].
+
+    Cards: inside `retry_hours` on the earliest local day possible; with `prefer_payday`, the
+    first payday or day after a payday (salaries often post overnight or a day late) wins.
+    Without any retry-hours moment in range, the earliest moment in range (a preference, not a
+    rule). Bank debits: only `business_hours` on business days of the method's country; the
+    payday preference covers the payday and the first business day after it; None without any
+    such moment. Returns None for an empty range.
+    """
+    low = max(_utc(window_start, "window_start"), _utc(not_before, "not_before"))
+    high = _utc(window_end, "window_end")
+    if low > high:
+        return None
+    stop = high + _EPSILON  # [low, high] as a half-open interval
+    bank = payment_method.is_bank_debit
+    country = payment_method.country
+    begin, finish = rules.business_hours if bank else rules.retry_hours
+
+    def allowed(day: date) -> bool:
+        return not bank or is_business_day(day, country)
+
+    preferred: set[date] = set()
+    if prefer_payday and rules.paydays:
+        # Look back far enough that the first allowed day after a payday can land in range.
+        for payday in paydays_in(low - timedelta(days=14), high, zone, rules, country):
+            preferred.add(payday)
+            following = payday + timedelta(days=1)
+            while not allowed(following):
+                following += timedelta(days=1)
+            preferred.add(following)
+
+    earliest: datetime | None = None
+    day = low.astimezone(zone).date() - timedelta(days=1)  # a midnight fold can step back a day
+    last_day = high.astimezone(zone).date()
+    while day <= last_day:
+        if allowed(day):
+            for start, end in _local_intervals(day, begin, finish, zone):
+                usable_start, usable_end = max(start, low), min(end, stop)
+                if usable_start >= usable_end:
+                    continue
+                moment = _pick(usable_start, usable_end, rules, jitter_key)
+                if not preferred or day in preferred:
+                    return moment
+                if earliest is None:
+                    earliest = moment
+                break
+        day += timedelta(days=1)
+    if earliest is not None or bank:
+        return earliest
+    return _pick(low, stop, rules, jitter_key)
+
+
+# --- messaging ---------------------------------------------------------------------------
+
+
+def in_quiet_hours(at: datetime, zone: ZoneInfo, rules: TimingRules) -> bool:
+    """True when the recipient's local clock is outside [quiet_hours_end, quiet_hours_start)."""
+    wall = _utc(at, "at").astimezone(zone).time().replace(tzinfo=None, fold=0)
+    return not rules.quiet_hours_end <= wall < rules.quiet_hours_start
+
+
+def next_message_time(at: datetime, zone: ZoneInfo, rules: TimingRules) -> datetime:
+    """The earliest moment >= `at` outside the recipient's quiet hours."""
+    moment = _utc(at, "at")
+    if not in_quiet_hours(moment, zone, rules):
+        return moment
+    day = moment.astimezone(zone).date() - timedelta(days=1)
+    # A week covers any allowed window swallowed whole by a DST gap on some day.
+    for _ in range(9):
+        allowed = _local_intervals(day, rules.quiet_hours_end, rules.quiet_hours_start, zone)
+        for start, end in allowed:
+            if end > moment:
+                return max(start, moment)
+        day += timedelta(days=1)
+    raise ValueError(f"no allowed messaging time in {zone.key} after {moment.isoformat()}")

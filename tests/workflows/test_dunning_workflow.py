@@ -1,0 +1,236 @@
+"""Full ~60-day journeys on the time-skipping server, with the real activities on sandbox + outbox."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from temporalio.client import WorkflowUpdateFailedError
+
+from dunning.journey import (
+    AdoptPolicy,
+    JourneyStatus,
+    NextAction,
+    OpsAction,
+    PaymentMethodUpdated,
+    PaymentSucceeded,
+)
+from dunning.models import PaymentMethod, Stage
+from dunning.scenarios import Scenario
+from tests.support import keep_history
+
+DECLINE = {"decline_code": "insufficient_funds", "network_decline_code": "51"}
+
+
+def scenario(now: datetime, *, name: str, cards=None, **extra) -> Scenario:
+    cards = cards or [{"id": f"pm_{name}", "brand": "visa", "default": True, "behavior": {"default": DECLINE}}]
+    data = {
+        "id": f"in_{name}",
+        "amount": 4200,
+        "currency": "usd",
+        "failed_at": now.isoformat(),
+        "customer": {
+            "id": f"cus_{name}",
+            "name": "Ana Pop",
+            "email": "ana@example.com",
+            "phone": "+40712345678",
+            "timezone": "Europe/Bucharest",
+            "locale": "ro",
+        },
+        "payment_methods": cards,
+        "initial_decline": {"payment_method": cards[0]["id"], **DECLINE},
+        "subscription_id": f"sub_{name}",
+    }
+    data.update(extra)
+    return Scenario.model_validate(data)
+
+
+async def now_of(env) -> datetime:
+    return (await env.get_current_time()).astimezone(timezone.utc)
+
+
+async def test_recovered_on_a_retry(time_env, harness):
+    now = await now_of(time_env)
+    card = {
+        "id": "pm_ok_later",
+        "brand": "visa",
+        "default": True,
+        "behavior": {
+            "default": "succeeded",
+            "windows": [{"from": (now - timedelta(days=1)).isoformat(), "until": (now + timedelta(days=5)).isoformat(), "outcome": DECLINE}],
+        },
+    }
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="retry", cards=[card]))
+        status: JourneyStatus = await handle.result()
+        await keep_history(handle, "recovered_on_retry")
+    assert status.stage is Stage.recovered
+    retries = [a for a in status.attempts if a.number > 0]
+    assert retries[-1].status == "succeeded" and all(a.status == "declined" for a in retries[:-1])
+    assert retries[-1].at - now >= timedelta(days=5)
+    assert harness.gateway.count_charges(handle.id) == len(retries)
+    assert [m.step_id for m in status.messages][-1] == "recovered"
+    journey = harness.store.get_journey(handle.id)
+    assert journey.stage == "recovered" and journey.attempts_count == len(retries)
+
+
+async def test_reaching_hand_off_after_sixty_days(time_env, harness):
+    now = await now_of(time_env)
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="handoff"))
+        status: JourneyStatus = await handle.result()
+        await keep_history(handle, "hand_off")
+    assert status.stage is Stage.handed_off
+    assert timedelta(days=60) <= status.ended_at - now < timedelta(days=60, minutes=1)
+    assert len([a for a in status.attempts if a.number > 0]) == 8
+    actions = [e.action for e in harness.gateway.escalations(handle.id)]
+    assert actions == ["restrict_access", "cancel_subscription", "hand_off"]
+    sent = [m for m in status.messages if m.status == "sent"]
+    assert {m.channel.value for m in sent} == {"email", "sms", "in_app"}
+    assert harness.gateway.count_charges(handle.id) == 8
+
+
+async def test_paid_out_of_band(time_env, harness):
+    now = await now_of(time_env)
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="oob"))
+        await time_env.sleep(timedelta(days=4))
+        await handle.signal("payment_succeeded", PaymentSucceeded(event_id="evt_paid", source="invoice.paid"))
+        await handle.signal("payment_succeeded", PaymentSucceeded(event_id="evt_paid", source="invoice.paid"))
+        status: JourneyStatus = await handle.result()
+        await keep_history(handle, "paid_out_of_band")
+    assert status.stage is Stage.recovered
+    assert "paid out of band (invoice.paid)" in status.end_reason
+    assert sum(1 for e in status.timeline if e.kind == "recovered") == 1, "the duplicate signal is ignored"
+    charges = harness.gateway.count_charges(handle.id)
+    assert charges == len([a for a in status.attempts if a.number > 0]) <= 2
+
+
+async def test_payment_method_updated_gets_a_prompt_retry(time_env, harness):
+    now = await now_of(time_env)
+    new_card = {"id": "pm_new", "brand": "mastercard", "behavior": {"default": "succeeded"}}
+    response = {"after_messages": 1, "delay": "P2D", "action": "update_payment_method", "new_payment_method": new_card}
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="update", customer_response=response))
+        await time_env.sleep(timedelta(days=2, hours=5))
+        harness.gateway.attach_payment_method("in_update", "pm_new")
+        update = PaymentMethodUpdated(
+            event_id="evt_pm", payment_method=PaymentMethod(id="pm_new", brand="mastercard", default=True)
+        )
+        planned: NextAction = await handle.execute_update("payment_method_updated", update, id="evt_pm", result_type=NextAction)
+        assert planned.kind == "attempt" and planned.payment_method_id == "pm_new"
+        status: JourneyStatus = await handle.result()
+        await keep_history(handle, "payment_method_updated")
+    assert status.stage is Stage.recovered
+    last = status.attempts[-1]
+    assert last.payment_method_id == "pm_new" and last.status == "succeeded"
+    assert last.at - planned.at < timedelta(minutes=1)
+
+
+async def test_paused_then_resumed(time_env, harness):
+    now = await now_of(time_env)
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="pause"))
+        await time_env.sleep(timedelta(hours=12))
+        await handle.signal("pause", OpsAction(reason="charge.dispute.created", event_id="evt_dp"))
+        await time_env.sleep(timedelta(days=20))
+        paused: JourneyStatus = await handle.query("status", result_type=JourneyStatus)
+        assert paused.stage is Stage.paused and paused.paused
+        assert [a for a in paused.attempts if a.number > 0] == [], "nothing is charged while paused"
+        await handle.signal("resume", OpsAction(reason="charge.dispute.closed", event_id="evt_dc"))
+        status: JourneyStatus = await handle.result()
+        await keep_history(handle, "paused_resumed")
+    assert status.stage is Stage.handed_off
+    first_retry = next(a for a in status.attempts if a.number > 0)
+    assert first_retry.at - now >= timedelta(days=21)
+    assert status.ended_at - now >= timedelta(days=80)
+
+
+async def test_cancelled(time_env, harness):
+    now = await now_of(time_env)
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="cancel"))
+        await time_env.sleep(timedelta(days=9))
+        await handle.signal("cancel", OpsAction(reason="invoice.voided", event_id="evt_void"))
+        status: JourneyStatus = await handle.result()
+        await keep_history(handle, "cancelled")
+    assert status.stage is Stage.cancelled and status.end_reason == "invoice.voided"
+    assert harness.gateway.count_charges(handle.id) == len([a for a in status.attempts if a.number > 0])
+
+
+async def test_a_repeated_failure_event_starts_one_journey(time_env, harness):
+    now = await now_of(time_env)
+    case = scenario(now, name="dupe")
+    async with harness.worker():
+        first, second = await asyncio.gather(harness.start(case), harness.start(case))
+        assert first.id == second.id
+        assert first.result_run_id == second.result_run_id
+        await handle_cancel(first)
+        status: JourneyStatus = await first.result()
+    assert status.stage is Stage.cancelled
+    assert sum(1 for e in status.timeline if e.kind == "started") == 1
+    assert not any(e.kind == "payment_failed" for e in status.timeline), "the start event is applied once"
+
+
+async def handle_cancel(handle) -> None:
+    await handle.signal("cancel", OpsAction(reason="test over", event_id="evt_end"))
+
+
+async def test_status_query_reports_the_next_action(time_env, harness):
+    now = await now_of(time_env)
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="query"))
+        await time_env.sleep(timedelta(hours=2))
+        status: JourneyStatus = await handle.query("status", result_type=JourneyStatus)
+        await handle_cancel(handle)
+        await handle.result()
+    assert status.stage is Stage.retrying
+    assert status.next_action is not None and status.next_action.step_id == "retry-1"
+    assert status.attempts[0].number == 0 and status.attempts[0].decline_class.value == "insufficient_funds"
+    assert status.policy_version == harness.policy_version
+
+
+async def test_journeys_keep_their_policy_version_until_an_explicit_rollout(time_env, harness, default_policy_text):
+    now = await now_of(time_env)
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="rollout"))
+        await time_env.sleep(timedelta(days=5))
+        faster = default_policy_text.replace("id: retry-3, at: 7d, window: 3d", "id: retry-3, at: 5d, window: 1d")
+        new_version = harness.publish(faster)
+        before: JourneyStatus = await handle.query("status", result_type=JourneyStatus)
+        assert before.policy_version == harness.policy_version != new_version, "publishing alone moves nothing"
+        await handle.signal("adopt_policy", AdoptPolicy(version=new_version, reason="rollout 42"))
+        await time_env.sleep(timedelta(days=2))
+        after: JourneyStatus = await handle.query("status", result_type=JourneyStatus)
+        await handle_cancel(handle)
+        await handle.result()
+    assert after.policy_version == new_version
+    assert any(e.kind == "policy" and "rollout 42" in e.text for e in after.timeline)
+    steps = [a.step_id for a in after.attempts]
+    assert steps.count("retry-1") == 1 and steps.count("retry-2") == 1, "steps already done are not repeated"
+    retry_3 = next(a for a in after.attempts if a.step_id == "retry-3")
+    assert timedelta(days=5) <= retry_3.at - now <= timedelta(days=6, hours=1)
+
+
+async def test_updates_are_rejected_once_the_journey_is_recovered(time_env, harness_factory, tmp_path, default_policy_text):
+    slow_confirmation = default_policy_text.replace(
+        "{id: recovered, at: 0s, window: 2d,", "{id: recovered, at: 1d, window: 2d,"
+    )
+    harness = harness_factory(time_env.client, tmp_path, slow_confirmation)
+    now = await now_of(time_env)
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="late"))
+        await handle.signal("payment_succeeded", PaymentSucceeded(event_id="evt_paid_late"))
+        for _ in range(50):
+            status = await handle.query("status", result_type=JourneyStatus)
+            if status is not None and status.stage is Stage.recovered:
+                break
+            await asyncio.sleep(0.1)
+        late = PaymentMethodUpdated(event_id="evt_late", payment_method=PaymentMethod(id="pm_too_late", default=True))
+        with pytest.raises(WorkflowUpdateFailedError) as rejected:
+            await handle.execute_update("payment_method_updated", late, id="evt_late")
+        assert "is recovered" in str(rejected.value.cause)
+        final: JourneyStatus = await handle.result()
+    assert final.stage is Stage.recovered
+    assert not any(a.payment_method_id == "pm_too_late" for a in final.attempts)

@@ -1,0 +1,78 @@
+"""The Temporal worker: runs DunningWorkflow and its activities (`python worker.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.journal import JournalActivities
+from activities.messaging import MessagingActivities, build_senders
+from activities.payments import PaymentActivities, build_gateway
+from dunning.config import TASK_QUEUE, Settings, get_settings
+from dunning.models import Channel
+from dunning.policies import publish_configured_policy
+from dunning.ports import MessageSender, PaymentGateway
+from dunning.store import Store
+from dunning.temporal import connect
+from workflows.dunning import DunningWorkflow
+
+ACTIVITY_THREADS = 32  # activities do blocking I/O (SQL, provider SDKs)
+
+
+def build_worker(
+    client: Client,
+    *,
+    store: Store,
+    gateway: PaymentGateway,
+    senders: dict[Channel, MessageSender],
+    task_queue: str = TASK_QUEUE,
+    executor: ThreadPoolExecutor | None = None,
+) -> Worker:
+    payments = PaymentActivities(gateway, store)
+    messaging = MessagingActivities(senders, store)
+    journal = JournalActivities(store)
+    activities: Sequence = (
+        payments.collection_context,
+        payments.charge,
+        payments.read_back,
+        payments.escalate,
+        messaging.send,
+        journal.load_policy,
+        journal.open_journey,
+        journal.project,
+    )
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[DunningWorkflow],
+        activities=list(activities),
+        activity_executor=executor or ThreadPoolExecutor(ACTIVITY_THREADS),
+    )
+
+
+async def run(settings: Settings) -> None:
+    store = Store.from_settings(settings)
+    store.upgrade()
+    publish_configured_policy(store, settings)
+    client = await connect(settings)
+    worker = build_worker(
+        client, store=store, gateway=build_gateway(settings), senders=build_senders(settings)
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with worker:
+        logging.getLogger("worker").info("worker polling task queue %r on %s", TASK_QUEUE, settings.temporal_target)
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(get_settings()))
