@@ -9,7 +9,7 @@ from temporalio import activity
 from activities.payments import counted_attempts, to_card_attempt
 from dunning.budgets import CardAttempt
 from dunning.journey import JourneyStatus
-from dunning.models import Channel, Decline, Frozen, PaymentMethod
+from dunning.models import Channel, Decline, Frozen, PaymentMethod, Stage
 from dunning.policy import Policy, parse_policy
 from dunning.ports import JourneyContext, idempotency_key
 from dunning.store import Store
@@ -81,6 +81,8 @@ class JournalActivities:
     @activity.defn(name="journal.project")
     def project(self, status: JourneyStatus) -> None:
         next_action = status.next_action
+        recovered = status.stage is Stage.recovered
+        winning = next((a for a in status.attempts if a.status == "succeeded"), None)
         self._store.upsert_journey(
             JourneyRecord(
                 journey_id=status.journey_id,
@@ -99,7 +101,10 @@ class JournalActivities:
                 ended_at=status.ended_at,
                 next_action=f"{next_action.kind} {next_action.step_id or ''}".strip() if next_action else None,
                 next_action_at=next_action.at if next_action else None,
-                recovered_amount=status.amount if status.stage.value == "recovered" else 0,
+                recovered_amount=status.amount if recovered else 0,
+                recovered_at=status.recovered_at,
+                recovered_step=winning.step_id if winning else None,
+                recovered_via=("retry" if winning else "out_of_band") if recovered else None,
                 attempts_count=sum(1 for a in status.attempts if a.number > 0),
                 messages_count=sum(1 for m in status.messages if m.status == "sent"),
                 timeline=[entry.model_dump(mode="json") for entry in status.timeline],

@@ -94,6 +94,7 @@ class PaymentActivities:
             at=request.at,
             status="reserved",
             idempotency_key=request.idempotency_key,
+            step_id=request.step_id,
         )
 
         def within_budget(history: list[CardAttemptRecord]) -> bool:

@@ -100,6 +100,7 @@ class JourneyStatus(Frozen):
     started_at: datetime
     ended_at: datetime | None = None
     end_reason: str | None = None
+    recovered_at: datetime | None = None
     paused: bool = False
     access_restricted: bool = False
     next_action: NextAction | None = None
@@ -124,6 +125,7 @@ class JourneyStatus(Frozen):
             started_at=state.payment.failed_at,
             ended_at=state.ended_at,
             end_reason=state.end_reason,
+            recovered_at=state.recovered_at,
             paused=state.paused_since is not None,
             access_restricted=state.access_restricted,
             next_action=NextAction.of(decision) if decision and not state.finished else None,

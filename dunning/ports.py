@@ -12,8 +12,17 @@ from typing import Literal, Protocol
 from pydantic import Field
 
 from dunning.budgets import CardAttempt, RetryLimits
-from dunning.models import Channel, ChargeOutcome, Customer, FailedPayment, Frozen, PaymentMethod
+from dunning.models import (
+    Channel,
+    ChargeOutcome,
+    Customer,
+    Decline,
+    FailedPayment,
+    Frozen,
+    PaymentMethod,
+)
 from dunning.policy import Action
+from dunning.store.records import message_dedupe_key
 
 
 def idempotency_key(journey_id: str, attempt_number: int) -> str:
@@ -21,21 +30,22 @@ def idempotency_key(journey_id: str, attempt_number: int) -> str:
     return f"{journey_id}:attempt:{attempt_number}"
 
 
-def message_dedupe_key(journey_id: str, step_id: str, channel: Channel) -> str:
-    return f"{journey_id}:{step_id}:{channel.value}"
-
-
 # --- payments -------------------------------------------------------------------------------------
 
 
 class CollectionContext(Frozen):
+    """What the processor knows that a webhook did not carry (filled in when the journey opens)."""
+
     payment_methods: tuple[PaymentMethod, ...]
     update_url: str | None = Field(default=None, description="where the customer updates the card")
+    customer: Customer | None = Field(default=None, description="contact details, when richer")
+    initial_decline: Decline | None = Field(default=None, description="decline fields of the failure")
 
 
 class ChargeRequest(Frozen):
     journey_id: str
     attempt_number: int = Field(ge=1)
+    step_id: str | None = Field(default=None, description="the policy step (for reports)")
     payment_reference: str
     payment_kind: Literal["invoice", "payment_intent"]
     payment_method: PaymentMethod
@@ -107,7 +117,7 @@ class MessageRequest(Frozen):
 
     @property
     def dedupe_key(self) -> str:
-        return message_dedupe_key(self.journey_id, self.step_id, self.channel)
+        return message_dedupe_key(self.journey_id, self.step_id, self.channel.value)
 
 
 MessageOutcome = Literal["sent", "opted_out", "undeliverable"]

@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
         PaymentMethodUpdated,
         PaymentSucceeded,
     )
-    from dunning.models import ChargeOutcome, Stage
+    from dunning.models import ChargeOutcome, Decline, Stage
     from dunning.policy import Policy
     from dunning.ports import (
         ChargeRequest,
@@ -178,8 +178,12 @@ class DunningWorkflow:
             retry_policy=PROVIDER_RETRY,
         )
         self._update_url = context.update_url
-        if context.payment_methods:
-            payment = payment.model_copy(update={"payment_methods": context.payment_methods})
+        richer = {"payment_methods": context.payment_methods or payment.payment_methods}
+        if context.customer is not None:
+            richer["customer"] = context.customer
+        if context.initial_decline is not None and payment.initial_decline == Decline():
+            richer["initial_decline"] = context.initial_decline  # webhooks may not carry it
+        payment = payment.model_copy(update=richer)
         initial = engine._initial_method(payment)
         store_context = await workflow.execute_activity(
             "journal.open_journey",
@@ -260,6 +264,7 @@ class DunningWorkflow:
                 ChargeRequest(
                     journey_id=state.journey_id,
                     attempt_number=decision.attempt_number,
+                    step_id=decision.step_id,
                     payment_reference=state.payment.id,
                     payment_kind=state.payment.kind,
                     payment_method=method,

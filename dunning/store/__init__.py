@@ -5,6 +5,7 @@ from dunning.store.records import (
     CardAttemptRecord,
     JourneyRecord,
     MessageRecord,
+    PolicyActivationRecord,
     PolicyRecord,
     message_dedupe_key,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "CardAttemptRecord",
     "JourneyRecord",
     "MessageRecord",
+    "PolicyActivationRecord",
     "PolicyRecord",
     "RecordNotFound",
     "Store",

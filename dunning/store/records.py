@@ -59,6 +59,7 @@ class CardAttemptRecord(Record):
     decline_class: str | None = None
     charge_id: str | None = None
     idempotency_key: str | None = None
+    step_id: str | None = None
 
 
 
@@ -114,6 +115,17 @@ class JourneyRecord(Record):
     attempts_count: int = Field(default=0, ge=0)
     messages_count: int = Field(default=0, ge=0)
     timeline: list[dict[str, Any]] = Field(default_factory=list)
+    recovered_at: AwareDatetime | None = None
+    recovered_step: str | None = Field(default=None, description="the retry step that recovered it")
+    recovered_via: Literal["retry", "out_of_band"] | None = None
+
+
+class PolicyActivationRecord(Record):
+    id: int
+    version: str
+    activated_at: AwareDatetime
+    activated_by: str
+    reason: str | None = None
 
 
 class AuditRecord(Record):

@@ -121,6 +121,9 @@ class Journey(Base):
     attempts_count: Mapped[int] = mapped_column(Integer)
     messages_count: Mapped[int] = mapped_column(Integer)
     timeline: Mapped[list[dict[str, Any]]] = mapped_column(Json)
+    recovered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    recovered_step: Mapped[str | None] = mapped_column(String)
+    recovered_via: Mapped[str | None] = mapped_column(String(16))
 
 
 class CardAttempt(Base):
@@ -148,6 +151,7 @@ class CardAttempt(Base):
     decline_class: Mapped[str | None] = mapped_column(String)
     charge_id: Mapped[str | None] = mapped_column(String)
     idempotency_key: Mapped[str | None] = mapped_column(String)
+    step_id: Mapped[str | None] = mapped_column(String)
 
 
 class Message(Base):
@@ -201,6 +205,19 @@ class Policy(Base):
     yaml_text: Mapped[str] = mapped_column("yaml", Text)
     published_by: Mapped[str] = mapped_column(String)
     published_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PolicyActivation(Base):
+    """Each row makes a published version the one new journeys start on; the newest wins."""
+
+    __tablename__ = "policy_activations"
+    __table_args__ = (Index(None, "activated_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(ForeignKey("policies.version"))
+    activated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    activated_by: Mapped[str] = mapped_column(String)
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Export(Base):

@@ -32,6 +32,7 @@ from dunning.store.records import (
     CardAttemptRecord,
     JourneyRecord,
     MessageRecord,
+    PolicyActivationRecord,
     PolicyRecord,
 )
 from dunning.store.schema import (
@@ -41,6 +42,7 @@ from dunning.store.schema import (
     Journey,
     Message,
     Policy,
+    PolicyActivation,
     WebhookEvent,
 )
 
@@ -185,6 +187,34 @@ class Store:
                 select(Policy).order_by(Policy.published_at.desc(), Policy.version.desc())
             )
             return [PolicyRecord.model_validate(row) for row in rows]
+
+    def activate_policy(self, version: str, *, activated_by: str, reason: str | None = None) -> PolicyActivationRecord:
+        """Make a published version the one new journeys start on (open journeys keep theirs)."""
+        with self._write() as session:
+            if session.get(Policy, version) is None:
+                raise RecordNotFound(f"policy version {version!r} is not published; publish it first")
+            row = PolicyActivation(version=version, activated_at=_now(), activated_by=activated_by, reason=reason)
+            session.add(row)
+            session.flush()
+            return PolicyActivationRecord.model_validate(row)
+
+    def active_policy(self) -> PolicyRecord | None:
+        with self._read() as session:
+            row = session.scalars(
+                select(Policy)
+                .join(PolicyActivation, PolicyActivation.version == Policy.version)
+                .order_by(PolicyActivation.activated_at.desc(), PolicyActivation.id.desc())
+                .limit(1)
+            ).first()
+            return PolicyRecord.model_validate(row) if row is not None else None
+
+    def policy_activations(self, version: str | None = None) -> list[PolicyActivationRecord]:
+        """Oldest first; every activation is kept as the record of who switched what, when."""
+        query = select(PolicyActivation).order_by(PolicyActivation.activated_at, PolicyActivation.id)
+        if version is not None:
+            query = query.where(PolicyActivation.version == version)
+        with self._read() as session:
+            return [PolicyActivationRecord.model_validate(row) for row in session.scalars(query)]
 
     # -- card ledger ------------------------------------------------------------------------
 
