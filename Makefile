@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR := $(or $(DUNNING_DATA_DIR),data)
 PYTEST_ARGS ?=
+# Debian's headless Chromium for the dashboard's browser test (installed once, by apt).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
@@ -34,11 +37,29 @@ worker: install ## Run only the worker against TEMPORAL_ADDRESS (default 127.0.0
 api: install ## Run only the HTTP service against TEMPORAL_ADDRESS (default 127.0.0.1:7233)
 	$(BIN)/python starter.py
 
-test: install ## Run the whole test suite
+test: install | $(CHROMIUM) ## Run the whole test suite
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
 histories: install ## Re-record tests/histories from the workflow tests (commit the result)
 	DUNNING_RECORD_HISTORIES=1 $(BIN)/python -m pytest -p no:cacheprovider tests/workflows/test_dunning_workflow.py
+
+# pip-audit runs from its own venv, so its dependencies are not audited with the engine's.
+AUDIT_VENV := .audit-venv
+PIP_AUDIT_VERSION := 2.10.1
+PIP_AUDIT_ARGS ?=
+.PHONY: audit
+audit: install ## pip-audit every installed pinned dependency; fails if any could not be checked
+	test -x $(AUDIT_VENV)/bin/pip-audit || { $(PYTHON) -m venv $(AUDIT_VENV) && $(AUDIT_VENV)/bin/python -m pip install --disable-pip-version-check -q pip-audit==$(PIP_AUDIT_VERSION); }
+	@# --strict: a dependency the vulnerability service cannot answer for fails the audit (no silent pass).
+	$(AUDIT_VENV)/bin/pip-audit --strict --skip-editable --progress-spinner off $(PIP_AUDIT_ARGS) \
+		--path "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	|| { echo "audit: FAILED. Either a dependency has a known vulnerability (listed above), or pip-audit could not"; \
+	     echo "audit: reach a vulnerability service (PyPI's per-release JSON, or OSV with PIP_AUDIT_ARGS='-s osv')"; \
+	     echo "audit: and could not check every dependency. Run it where pypi.org or api.osv.dev is reachable."; exit 1; }
 
 clean: ## Remove build and test caches (keeps .venv and data)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

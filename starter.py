@@ -6,6 +6,7 @@ import logging
 
 import uvicorn
 
+from dunning import redaction
 from dunning.api.app import create_app
 from dunning.config import get_settings
 from dunning.policies import publish_configured_policy
@@ -14,6 +15,7 @@ from dunning.store import Store
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.install()  # no email address or phone number reaches a log
     settings = get_settings()
     store = Store.from_settings(settings)
     store.upgrade()

@@ -26,7 +26,7 @@ import stripe
 from temporalio.exceptions import ApplicationError
 
 from activities.payments import permanent_error
-from dunning.models import ChargeOutcome, Decline, FailedPayment, PaymentMethod
+from dunning.models import ChargeOutcome, Customer, Decline, FailedPayment, PaymentMethod
 from dunning.policy import Action
 from dunning.ports import ChargeRequest, CollectionContext, EscalationRequest, ReconcileRequest
 
@@ -157,9 +157,13 @@ class StripeGateway:
     def collection_context(self, payment: FailedPayment) -> CollectionContext:
         what = f"reading {payment.id}"
         update_url: str | None = None
+        # Webhooks for invoices carry no decline fields: read them from the failed PaymentIntent.
+        want_decline = payment.initial_decline == Decline()
+        failed_intent: Json | str | None = None
         with _calling(what):
             if payment.kind == "invoice":
-                invoice = _plain(self.client.v1.invoices.retrieve(payment.id))
+                params = {"expand": ["payments"]} if want_decline else None
+                invoice = _plain(self.client.v1.invoices.retrieve(payment.id, params))
                 customer_id = _id(invoice.get("customer")) or payment.customer.id
                 update_url = invoice.get("hosted_invoice_url")
                 preferred = _id(invoice.get("default_payment_method"))
@@ -167,10 +171,14 @@ class StripeGateway:
                 if preferred is None and subscription_id:
                     subscription = _plain(self.client.v1.subscriptions.retrieve(subscription_id))
                     preferred = _id(subscription.get("default_payment_method"))
+                if want_decline:  # `payments` since API 2025-03-31, `payment_intent` before it
+                    failed_intent = _id(_latest_payment(invoice).get("payment_intent")) or _id(invoice.get("payment_intent"))
             else:
-                intent = _plain(self.client.v1.payment_intents.retrieve(payment.id))
+                params = {"expand": ["latest_charge"]} if want_decline else None
+                intent = _plain(self.client.v1.payment_intents.retrieve(payment.id, params))
                 customer_id = _id(intent.get("customer")) or payment.customer.id
                 preferred = _id(intent.get("payment_method"))
+                failed_intent = intent if want_decline else None
             customer = _plain(self.client.v1.customers.retrieve(customer_id))
             customer_default = _id((customer.get("invoice_settings") or {}).get("default_payment_method"))
             listed = self.client.v1.customers.payment_methods.list(customer_id, {"limit": MAX_PAYMENT_METHODS})
@@ -180,7 +188,36 @@ class StripeGateway:
         methods.sort(key=lambda m: not m.default)  # stable: Stripe's order otherwise
         if update_url is None:
             update_url = self._portal_url(customer_id)
-        return CollectionContext(payment_methods=tuple(methods), update_url=update_url)
+        return CollectionContext(
+            payment_methods=tuple(methods),
+            update_url=update_url,
+            customer=_customer(customer, payment.customer),
+            initial_decline=self._failure_decline(failed_intent) if failed_intent else None,
+        )
+
+    def _failure_decline(self, intent: Json | str) -> Decline | None:
+        """The decline that opened the journey: the PaymentIntent's last error, completed from its charge.
+
+        Best effort: a transient error is retried (raised), a refused lookup only loses the fields."""
+        what = f"reading the decline of {_id(intent)}"
+        try:
+            if isinstance(intent, str):
+                with _calling(what):
+                    intent = _plain(self.client.v1.payment_intents.retrieve(intent, {"expand": ["latest_charge"]}))
+            error = intent.get("last_payment_error") or {}
+            charge = intent.get("latest_charge")
+            if error:
+                method_id = _id(error.get("payment_method")) or _id(intent.get("payment_method"))
+                return self._decline(error, charge or error.get("charge"), method_id)
+            if isinstance(charge, Mapping) and charge.get("status") == "failed":
+                reason = (charge.get("outcome") or {}).get("reason")
+                fields = {"decline_code": reason, "code": charge.get("failure_code")}
+                return self._decline(fields, charge, _id(charge.get("payment_method")))
+        except ApplicationError as error:
+            if not error.non_retryable:
+                raise
+            logger.warning("%s: %s; the journey opens without decline fields", what, error)
+        return None
 
     def _portal_url(self, customer_id: str) -> str | None:
         params: Json = {"customer": customer_id}
@@ -421,6 +458,23 @@ class StripeGateway:
 
     def _subscription_status(self, subscription_id: str) -> str | None:
         return _plain(self.client.v1.subscriptions.retrieve(subscription_id)).get("status")
+
+
+def _customer(customer: Json, known: Customer) -> Customer | None:
+    """Contact details from the Stripe customer (current), falling back to what the event carried."""
+    if not customer or customer.get("deleted"):
+        return None
+    address = customer.get("address") or {}
+    locales = customer.get("preferred_locales") or []
+    return known.model_copy(
+        update={
+            "name": customer.get("name") or known.name,
+            "email": customer.get("email") or known.email,
+            "phone": customer.get("phone") or known.phone,
+            "country": address.get("country") or known.country,
+            "locale": locales[0] if locales else known.locale,
+        }
+    )
 
 
 def _subscription_of(invoice: Json) -> str | None:

@@ -39,7 +39,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from dunning import search_attributes
-from dunning.config import Settings, api_token
+from dunning.api.metrics import worker_metrics_url
+from dunning.config import TASK_QUEUE, Settings, api_token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -324,12 +325,31 @@ class Stack:
                         f"cannot register search attributes in namespace {namespace!r} "
                         f"at {target}: {err.message}"
                     ) from err
+                await self._ensure_export_schedule(attempt.result())
                 return
             last_error = attempt.exception()
             await asyncio.sleep(0.5)
         raise StackError(
             f"Temporal at {target} did not accept connections within "
             f"{TEMPORAL_START_TIMEOUT:.0f}s (last error: {last_error})"
+        )
+
+    async def _ensure_export_schedule(self, client: Client) -> None:
+        """The daily collections export Schedule (dunning/collections/schedule.py), idempotently."""
+        from dunning.collections import CollectionsConfig, CollectionsConfigError
+        from dunning.collections.schedule import ensure_export_schedule
+
+        try:
+            # Same absolute data dir as the children, so the default file:// destination agrees.
+            config = CollectionsConfig.from_settings(self.settings.model_copy(update={"dunning_data_dir": self.data_dir}))
+            outcome = await ensure_export_schedule(client, config, TASK_QUEUE)
+        except CollectionsConfigError as err:
+            raise StackError(str(err)) from err
+        except RPCError as err:
+            raise StackError(f"cannot create the collections export schedule: {err.message}") from err
+        self.say(
+            f"stack: collections export schedule {outcome}: daily at "
+            f"{config.export_time:%H:%M} {config.merchant_timezone}"
         )
 
     def wait_for_http(self) -> None:
@@ -397,6 +417,7 @@ class Stack:
             ("Temporal", temporal),
             ("Ops API/dashboard", http),
             ("API docs", f"{http}/docs"),
+            ("Metrics", f"{http}/metrics (ops token); worker's Temporal SDK: {worker_metrics_url()}"),
             ("Data dir", str(self.data_dir)),
             ("Logs", str(self.log_dir)),
             ("Policy file", policy),

@@ -28,7 +28,8 @@ with workflow.unsafe.imports_passed_through():
         PaymentSucceeded,
     )
     from dunning.models import ChargeOutcome, Decline, Stage
-    from dunning.policy import Policy
+    from dunning.collections import placement_request
+    from dunning.policy import Action, Policy
     from dunning.ports import (
         ChargeRequest,
         ChargeResult,
@@ -251,6 +252,13 @@ class DunningWorkflow:
                     start_to_close_timeout=ACTIVITY_TIMEOUT,
                     retry_policy=PROVIDER_RETRY,
                 )
+                if decision.action is Action.hand_off:  # write_off ends without a placement
+                    await workflow.execute_activity(
+                        "collections.place",
+                        placement_request(state, workflow.now()),
+                        start_to_close_timeout=ACTIVITY_TIMEOUT,
+                        retry_policy=STORE_RETRY,
+                    )
                 engine.apply_escalation(policy, state, decision, workflow.now())
             case "skip":
                 engine.apply_skip(policy, state, decision, now)

@@ -12,8 +12,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.payments import build_gateway
 from dunning import search_attributes
-from dunning.api import messaging_routes
+from dunning.api import codec_routes, messaging_routes
+from dunning.api import ops as ops_routes
+from dunning.api import webhooks
+from dunning.api import dashboard, metrics, sandbox_page
 from dunning.config import Settings, api_token
 from dunning.journey import QUERY_STATUS, JourneyStatus
 from dunning.models import Stage
@@ -52,6 +56,13 @@ def create_app(settings: Settings, store: Store, client: Client | None = None) -
     app.include_router(_health_router(services))
     app.include_router(_journeys_router(services))
     app.include_router(messaging_routes.build_router(lambda: services.store))
+    app.include_router(ops_routes.build_router(services))
+    webhooks.install(app, services)  # POST /webhooks/stripe
+    app.include_router(dashboard.build_router(services))  # /, /journeys/{id}, /login, /api/reports
+    app.include_router(metrics.build_router(services))  # /metrics
+    codec_routes.mount(app, settings, services.token)  # + body size limits
+    if not settings.stripe_api_key:  # the sandbox's hosted page, where reminder links lead
+        app.include_router(sandbox_page.build_router(services, build_gateway(settings)))
     return app
 
 

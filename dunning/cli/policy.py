@@ -15,6 +15,7 @@ from rich.table import Table
 from dunning import offline
 from dunning.durations import format_duration
 from dunning.models import FailedPayment
+from dunning.models import Stage
 from dunning.policy import Policy, PolicyError, load_policy
 from dunning.timing import customer_zone
 
@@ -178,3 +179,104 @@ def _step_text(step: dict | None) -> str:
         return "—"
     extras = [f"{k}={v}" for k, v in step.items() if k not in ("id", "at", "action") and v not in (None, [], "1d")]
     return f"{step['action']} at {step['at']}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+# --- publish / list: versions in the store (shared logic in dunning.ops) ----------------------
+
+
+@app.command()
+def publish(
+    file: Annotated[Path, typer.Argument(help="policy YAML file")],
+    reason: Annotated[str, typer.Option("--reason", help="why (audited; sent to journeys on rollout)")],
+    activate: Annotated[bool, typer.Option("--activate", help="make it the version new journeys start on")] = False,
+    rollout_all_open: Annotated[bool, typer.Option("--rollout-all-open", help="move every open journey onto it")] = False,
+    rollout_stage: Annotated[Stage | None, typer.Option("--rollout-stage", help="move open journeys in this stage")] = None,
+    rollout_segment: Annotated[str | None, typer.Option("--rollout-segment", help="move open journeys in this segment")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="who is acting (default: $USER)")] = None,
+) -> None:
+    """Validate and publish a policy version (the same text is the same version)."""
+    from dunning import ops
+    from dunning.cli import journeys as shared
+    from dunning.config import Settings
+
+    scope = shared.selection(rollout_all_open, rollout_stage, rollout_segment)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        shared.fail(f"cannot read {file}: {exc}")
+    settings, acting = Settings(), shared.actor_of(actor)
+    with shared.store_for(settings) as store:
+        try:
+            result = ops.publish_policy(store, text, actor=acting, reason=reason, activate=activate, source=str(file))
+        except PolicyError as exc:
+            errors.print(f"[red]{exc.source}: invalid policy, nothing published[/red]")
+            for problem in exc.problems:
+                errors.print(f"  - {problem}", markup=False, highlight=False)
+            raise typer.Exit(1) from exc
+        except ops.OpsError as exc:
+            shared.fail(str(exc))
+        if result.created:
+            console.print(f"[green]published[/green] {result.version} by {acting}", highlight=False)
+        else:
+            console.print(
+                f"{result.version} is already published (same text, by {result.published_by}); no new version",
+                highlight=False,
+            )
+        if result.activated:
+            console.print(f"[green]activated[/green]: new journeys start on {result.version}", highlight=False)
+        elif activate:
+            console.print(f"{result.version} was already the version new journeys start on", highlight=False)
+        if scope is None:
+            return
+
+        async def roll() -> ops.RolloutReport:
+            client = await shared.temporal(settings)
+            with shared.rollout_progress() as progress:
+                task = progress.add_task("rollout", total=None)
+                return await ops.rollout(
+                    client, store, result.version, scope, reason=reason, actor=acting,
+                    on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                )
+
+        report = shared.run(roll)
+    console.print(
+        f"rollout to {report.version} ({report.selection}): matched {report.matched}, moved {len(report.moved)}, "
+        f"already on it {len(report.already_on_version)}, ended meanwhile {len(report.ended)}, failed {len(report.failed)}",
+        highlight=False,
+    )
+    for journey_id, why in sorted(report.failed.items()):
+        errors.print(f"  - {journey_id}: {why}", markup=False, highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_versions(
+    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+) -> None:
+    """Published versions, newest first: who published them, when, and which one is active."""
+    from dunning import ops
+    from dunning.cli import journeys as shared
+    from dunning.config import Settings
+
+    with shared.store_for(Settings()) as store:
+        policies = ops.list_policies(store)
+    if as_json:
+        typer.echo(json.dumps({"policies": [p.model_dump(mode="json") for p in policies]}, indent=2))
+        return
+    if not policies:
+        console.print("no policy is published yet: `dunning policy publish FILE --activate --reason ...`")
+        return
+    table = Table(title="policy versions (* = new journeys start on it)")
+    for column in ("", "version", "published by", "published (UTC)", "last activated"):
+        table.add_column(column, overflow="fold")
+    for p in policies:
+        last = p.activations[-1] if p.activations else None
+        table.add_row(
+            "*" if p.active else "",
+            p.version,
+            p.published_by,
+            p.published_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            f"{last.at.astimezone(timezone.utc):%Y-%m-%d %H:%M} by {last.by}" if last else "",
+        )
+    console.print(table)

@@ -6,6 +6,7 @@ pydantic data converter and be serialised by the API without lazy-loading surpri
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -21,6 +22,9 @@ MessageStatus = Literal["claimed", "sent", "skipped", "undeliverable", "failed"]
 WEBHOOK_STATUSES: tuple[str, ...] = get_args(WebhookStatus)
 CARD_ATTEMPT_STATUSES: tuple[str, ...] = get_args(CardAttemptStatus)
 MESSAGE_STATUSES: tuple[str, ...] = get_args(MessageStatus)
+# What the collection partner reports per placement (`dunning collections import`).
+CollectionStatus = Literal["collected", "partial", "uncollectible", "disputed"]
+COLLECTION_STATUSES: tuple[str, ...] = get_args(CollectionStatus)
 
 
 def message_dedupe_key(journey_id: str, step_id: str, channel: str) -> str:
@@ -136,3 +140,51 @@ class AuditRecord(Record):
     target: str
     reason: str | None = None
     details: dict[str, Any] | None = None
+
+
+# --- collections: placements for the collection partner, export batches ------------------------
+
+
+class PlacementRecord(Record):
+    placement_id: str
+    journey_id: str
+    payment_reference: str | None = None
+    customer_id: str
+    contact: dict[str, str | None] = Field(description="only the fields the partner agreement allows")
+    amount: int = Field(gt=0)
+    currency: str
+    original_due_date: AwareDatetime | None = None
+    first_failure_at: AwareDatetime
+    attempts_summary: dict[str, Any]
+    messages_summary: dict[str, Any]
+    disputed: bool
+    policy_version: str | None = None
+    created_at: AwareDatetime = Field(description="when the journey handed off (workflow time)")
+    export_id: str | None = None
+    recalled_at: AwareDatetime | None = None
+    recall_export_id: str | None = None
+    recall_source: str | None = None
+    collection_status: CollectionStatus | None = None
+    collected_amount: int | None = Field(default=None, ge=0)
+    collected_on: date | None = None
+    reconciled_at: AwareDatetime | None = None
+
+
+class ExportRecord(Record):
+    export_id: str
+    business_date: date
+    created_at: AwareDatetime
+    files: list[dict[str, Any]]
+    manifest: dict[str, Any]
+    delivered_at: AwareDatetime | None = None
+    destination: str | None = None
+
+
+class ReconciliationUpdate(Record):
+    """One partner-reported outcome; `collected_amount` is the total to date, so re-imports are idempotent."""
+
+    placement_id: str
+    collected_amount: int = Field(ge=0)
+    currency: str
+    collected_on: date
+    status: CollectionStatus

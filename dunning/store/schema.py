@@ -25,7 +25,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from dunning.store.records import CARD_ATTEMPT_STATUSES, MESSAGE_STATUSES, WEBHOOK_STATUSES
+from dunning.store.records import (
+    CARD_ATTEMPT_STATUSES,
+    COLLECTION_STATUSES,
+    MESSAGE_STATUSES,
+    WEBHOOK_STATUSES,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -239,6 +244,9 @@ class Placement(Base):
         UniqueConstraint("journey_id"),
         Index(None, "customer_id"),
         Index(None, "export_id"),
+        # Collections (revision 0003): recalls by batch, partner-reported outcomes.
+        Index(None, "recall_export_id"),
+        CheckConstraint(_in("collection_status", COLLECTION_STATUSES), name="collection_status"),
     )
 
     placement_id: Mapped[str] = mapped_column(String, primary_key=True)
@@ -257,6 +265,13 @@ class Placement(Base):
     export_id: Mapped[str | None] = mapped_column(ForeignKey("exports.export_id"))
     recalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     recall_export_id: Mapped[str | None] = mapped_column(ForeignKey("exports.export_id"))
+    # Collections (revision 0003).
+    payment_reference: Mapped[str | None] = mapped_column(String)
+    recall_source: Mapped[str | None] = mapped_column(String)
+    collection_status: Mapped[str | None] = mapped_column(String(16))
+    collected_amount: Mapped[int | None] = mapped_column(BigInteger)
+    collected_on: Mapped[date | None] = mapped_column(Date)
+    reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class AuditEntry(Base):

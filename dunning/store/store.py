@@ -45,6 +45,15 @@ from dunning.store.schema import (
     PolicyActivation,
     WebhookEvent,
 )
+# Collections: placements for the collection partner and their export batches.
+from datetime import date  # noqa: E402
+from dunning.store.records import (  # noqa: E402
+    COLLECTION_STATUSES,
+    ExportRecord,
+    PlacementRecord,
+    ReconciliationUpdate,
+)
+from dunning.store.schema import Export, Placement  # noqa: E402
 
 # Network rules count attempts per card over rolling 30-day windows; one day of slack.
 CARD_HISTORY_WINDOW = timedelta(days=31)
@@ -545,3 +554,226 @@ class Store:
         with self._read() as session:
             rows = session.scalars(query.order_by(AuditEntry.at, AuditEntry.id))
             return [AuditRecord.model_validate(row) for row in rows]
+
+    # -- collections: placements, export batches, recalls, reconciliation ----------------------
+
+    def create_placement(self, record: PlacementRecord) -> tuple[PlacementRecord, bool]:
+        """Insert unless the journey is already placed (journey_id is unique): the stored row and
+        whether this call created it. A retry never changes a placement."""
+        values = record.model_dump(mode="python")
+        with self._write() as session:
+            result = session.execute(
+                self._insert(Placement)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=[Placement.journey_id])
+                .returning(Placement.placement_id)
+            )
+            created = result.scalar_one_or_none() is not None
+            row = session.scalars(select(Placement).where(Placement.journey_id == record.journey_id)).one()
+            return PlacementRecord.model_validate(row), created
+
+    def get_placement(self, placement_id: str) -> PlacementRecord | None:
+        with self._read() as session:
+            row = session.get(Placement, placement_id)
+            return PlacementRecord.model_validate(row) if row is not None else None
+
+    def placement_for_journey(self, journey_id: str) -> PlacementRecord | None:
+        with self._read() as session:
+            row = session.scalars(select(Placement).where(Placement.journey_id == journey_id)).first()
+            return PlacementRecord.model_validate(row) if row is not None else None
+
+    def list_placements(self, *, customer_id: str | None = None, limit: int = 1000) -> list[PlacementRecord]:
+        """Newest first."""
+        query = select(Placement)
+        if customer_id is not None:
+            query = query.where(Placement.customer_id == customer_id)
+        query = query.order_by(Placement.created_at.desc(), Placement.placement_id).limit(limit)
+        with self._read() as session:
+            return [PlacementRecord.model_validate(row) for row in session.scalars(query)]
+
+    def claim_export(
+        self, *, export_id: str, business_date: date, at: datetime
+    ) -> tuple[ExportRecord, list[PlacementRecord], list[PlacementRecord]]:
+        """The batch of a business date: (export, placements, recalls).
+
+        The first call fixes its membership in one transaction: every placement in no batch yet
+        and every recall of a placement already sent. Later calls (retries, re-runs) return the
+        same members, so a placement is in exactly one batch. A placement paid before its first
+        export is withdrawn: it is never sent, and neither is its recall.
+        """
+        with self._write() as session:
+            inserted = session.execute(
+                self._insert(Export)
+                .values(export_id=export_id, business_date=business_date, created_at=at, files=[], manifest={})
+                .on_conflict_do_nothing(index_elements=[Export.business_date])
+                .returning(Export.export_id)
+            ).scalar_one_or_none()
+            if inserted is not None:
+                session.execute(
+                    update(Placement)
+                    .where(
+                        Placement.export_id.is_not(None),
+                        Placement.recalled_at.is_not(None),
+                        Placement.recall_export_id.is_(None),
+                    )
+                    .values(recall_export_id=inserted)
+                )
+                session.execute(
+                    update(Placement)
+                    .where(Placement.export_id.is_(None), Placement.recalled_at.is_(None))
+                    .values(export_id=inserted)
+                )
+            row = session.scalars(select(Export).where(Export.business_date == business_date)).one()
+            return (ExportRecord.model_validate(row), *self._batch_members(session, row.export_id))
+
+    def export_batch(
+        self, export_id: str
+    ) -> tuple[ExportRecord, list[PlacementRecord], list[PlacementRecord]] | None:
+        with self._read() as session:
+            row = session.get(Export, export_id)
+            if row is None:
+                return None
+            return (ExportRecord.model_validate(row), *self._batch_members(session, export_id))
+
+    @staticmethod
+    def _batch_members(session: Session, export_id: str) -> tuple[list[PlacementRecord], list[PlacementRecord]]:
+        placements = session.scalars(
+            select(Placement)
+            .where(Placement.export_id == export_id)
+            .order_by(Placement.created_at, Placement.placement_id)
+        )
+        recalls = session.scalars(
+            select(Placement)
+            .where(Placement.recall_export_id == export_id)
+            .order_by(Placement.recalled_at, Placement.placement_id)
+        )
+        return (
+            [PlacementRecord.model_validate(row) for row in placements],
+            [PlacementRecord.model_validate(row) for row in recalls],
+        )
+
+    def get_export(self, export_id: str) -> ExportRecord | None:
+        with self._read() as session:
+            row = session.get(Export, export_id)
+            return ExportRecord.model_validate(row) if row is not None else None
+
+    def list_exports(self, limit: int = 100) -> list[ExportRecord]:
+        """Newest business date first."""
+        with self._read() as session:
+            rows = session.scalars(select(Export).order_by(Export.business_date.desc()).limit(limit))
+            return [ExportRecord.model_validate(row) for row in rows]
+
+    def record_export_files(
+        self, export_id: str, files: list[dict[str, Any]], manifest: dict[str, Any]
+    ) -> ExportRecord:
+        """Keep the first rendering's file list and manifest; a different later one is refused
+        (re-runs must deliver identical bytes)."""
+        with self._write() as session:
+            row = session.get(Export, export_id)
+            if row is None:
+                raise RecordNotFound(f"no export {export_id!r}")
+            if not row.files:
+                row.files, row.manifest = files, manifest
+            elif row.files != files or row.manifest != manifest:
+                raise ValueError(
+                    f"export {export_id} renders differently than when it was first built "
+                    f"(stored files {row.files}, now {files})"
+                )
+            session.flush()
+            return ExportRecord.model_validate(row)
+
+    def mark_export_delivered(self, export_id: str, *, destination: str, at: datetime) -> ExportRecord:
+        """The latest successful delivery (a re-run re-delivers the same bytes)."""
+        with self._write() as session:
+            row = session.get(Export, export_id)
+            if row is None:
+                raise RecordNotFound(f"no export {export_id!r}")
+            row.delivered_at, row.destination = at, destination
+            session.flush()
+            return ExportRecord.model_validate(row)
+
+    def mark_recalled(
+        self, journey_id: str, *, at: datetime, source: str, timeline_entry: dict[str, Any]
+    ) -> tuple[PlacementRecord | None, bool]:
+        """Record that a placed journey was paid: (placement, newly recalled). The first recall
+        wins; it is noted on the journey's projection timeline in the same transaction."""
+        with self._write() as session:
+            row = session.scalars(select(Placement).where(Placement.journey_id == journey_id)).first()
+            if row is None:
+                return None, False
+            if row.recalled_at is not None:
+                return PlacementRecord.model_validate(row), False
+            row.recalled_at, row.recall_source = at, source
+            journey = session.get(Journey, journey_id)
+            if journey is not None:
+                journey.timeline = [*journey.timeline, timeline_entry]  # a new list: JSON is not mutation-tracked
+                journey.updated_at = max(journey.updated_at, at)  # older projections must not overwrite it
+            session.flush()
+            return PlacementRecord.model_validate(row), True
+
+    def apply_reconciliation(
+        self,
+        updates: list[ReconciliationUpdate],
+        *,
+        at: datetime,
+        check: Callable[[dict[str, PlacementRecord]], None],
+    ) -> int:
+        """Apply partner-reported outcomes all or nothing. `check` sees the addressed placements
+        (by id) under the write lock and raises to refuse the whole file."""
+        ids = sorted({u.placement_id for u in updates})
+        with self._write() as session:
+            found: dict[str, PlacementRecord] = {}
+            for start in range(0, len(ids), 500):  # stay under bound-parameter limits
+                chunk = ids[start : start + 500]
+                for row in session.scalars(select(Placement).where(Placement.placement_id.in_(chunk))):
+                    found[row.placement_id] = PlacementRecord.model_validate(row)
+            check(found)
+            for item in updates:
+                session.execute(
+                    update(Placement)
+                    .where(Placement.placement_id == item.placement_id)
+                    .values(
+                        collection_status=item.status,
+                        collected_amount=item.collected_amount,
+                        collected_on=item.collected_on,
+                        reconciled_at=at,
+                    )
+                )
+            return len(updates)
+
+    def collections_summary(self) -> list[dict[str, Any]]:
+        """Per currency: placed, recalled and partner-collected amounts and outcome counts."""
+        recalled = Placement.recalled_at.is_not(None)
+        with self._read() as session:
+            totals = session.execute(
+                select(
+                    Placement.currency,
+                    func.count(),
+                    func.coalesce(func.sum(Placement.amount), 0),
+                    func.count(Placement.recalled_at),
+                    func.coalesce(func.sum(Placement.amount).filter(recalled), 0),
+                    func.coalesce(func.sum(Placement.collected_amount), 0),
+                )
+                .group_by(Placement.currency)
+                .order_by(Placement.currency)
+            ).all()
+            statuses = session.execute(
+                select(Placement.currency, Placement.collection_status, func.count())
+                .where(Placement.collection_status.is_not(None))
+                .group_by(Placement.currency, Placement.collection_status)
+            ).all()
+        by_status: dict[str, dict[str, int]] = {}
+        for currency, status, count in statuses:
+            by_status.setdefault(currency, {})[status] = count
+        return [
+            {
+                "currency": currency,
+                "placements": count,
+                "placed_amount": int(placed),
+                "recalled": recalled_count,
+                "recalled_amount": int(recalled_amount),
+                "collected_amount": int(collected),
+                "statuses": {s: by_status.get(currency, {}).get(s, 0) for s in COLLECTION_STATUSES},
+            }
+            for currency, count, placed, recalled_count, recalled_amount, collected in totals
+        ]

@@ -1,84 +1,31 @@
 """StripeGateway against localstripe (a stateful fake Stripe from PyPI), run as a subprocess.
 
-localstripe binds every interface (`::`) on the port it is given; the port is free and the
-server lives only for this module. Its hard-coded /tmp/localstripe.pickle persistence is
-switched off by the launcher below so that runs never share state.
-
-Only what localstripe implements as Stripe documents it is exercised here: off-session
-PaymentIntents created and confirmed in one call, and reading them back.
+The launcher (tests/activities/localstripe_server.py) serves it on loopback with its
+/tmp/localstripe.pickle persistence switched off, and fills in the documented Stripe behaviour
+localstripe lacks that the gateway uses: PaymentIntent confirm with `payment_method` and
+`off_session`, card errors in Stripe's shape, Idempotency-Key replay, and the customer's payment
+method list.
 """
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 import stripe
 
-from activities.stripe_gateway import StripeGateway, make_client
-from dunning.ports import ReconcileRequest
-
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-API_KEY = "sk_test_localstripe"
-FAILING_CARD = "4000000000000341"  # attaches, then every charge is declined
-WORKING_CARD = "4242424242424242"
-
-LAUNCHER = """
-import localstripe.resources
-localstripe.resources.Store.dump_to_disk = lambda self: None  # no /tmp/localstripe.pickle
-from localstripe.server import start
-start()
-"""
-
-
-@dataclass
-class LocalStripe:
-    url: str
-    client: stripe.StripeClient
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-        sock.bind(("::", 0))
-        return sock.getsockname()[1]
+from activities.stripe_gateway import StripeGateway
+from dunning.budgets import RetryLimits
+from dunning.models import Customer, FailedPayment, PaymentMethod
+from dunning.ports import ChargeRequest, ReconcileRequest
+from tests.activities.localstripe_server import FAILING_CARD, WORKING_CARD, LocalStripe, run_localstripe
 
 
 @pytest.fixture(scope="module")
-def localstripe() -> Iterator[LocalStripe]:
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, "--port", str(port), "--from-scratch"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"localstripe exited: {process.stderr.read().decode()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"localstripe did not listen on port {port} within {START_TIMEOUT}s")
-                time.sleep(0.1)
-        url = f"http://127.0.0.1:{port}"
-        yield LocalStripe(url=url, client=make_client(API_KEY, url))
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
-        process.stderr.close()
+def localstripe(tmp_path_factory) -> Iterator[LocalStripe]:
+    with run_localstripe(tmp_path_factory.mktemp("localstripe") / "localstripe.log") as server:
+        yield server
 
 
 def _card(client: stripe.StripeClient, number: str, customer_id: str) -> str:
@@ -109,7 +56,7 @@ def _reconcile(intent_id: str) -> ReconcileRequest:
 
 
 def test_off_session_decline_and_success_read_back(localstripe: LocalStripe) -> None:
-    client = localstripe.client
+    client = localstripe.client()
     customer = client.v1.customers.create({"email": "ada@example.com"})
     failing = _card(client, FAILING_CARD, customer.id)
     working = _card(client, WORKING_CARD, customer.id)
@@ -119,7 +66,7 @@ def test_off_session_decline_and_success_read_back(localstripe: LocalStripe) -> 
     failed_charge = client.v1.charges.retrieve(declined.value.error.charge)
     assert failed_charge.status == "failed"
 
-    gateway = StripeGateway(make_client(API_KEY, localstripe.url))
+    gateway = StripeGateway(localstripe.client())
     outcome = gateway.read_back(_reconcile(failed_charge.payment_intent))
     assert outcome.status == "declined"
     assert outcome.charge_id == failed_charge.id
@@ -132,3 +79,58 @@ def test_off_session_decline_and_success_read_back(localstripe: LocalStripe) -> 
     assert sorted(c.status for c in charges) == ["failed", "succeeded"]
     (success,) = [c for c in charges if c.status == "succeeded"]
     assert (settled.status, settled.charge_id, settled.payment_intent_id) == ("succeeded", success.id, paid.id)
+
+
+def test_gateway_retries_a_failed_intent_off_session_with_the_chosen_method_once_per_key(localstripe: LocalStripe) -> None:
+    client = localstripe.client()
+    customer = client.v1.customers.create({"email": "grace@example.com"})
+    failing = _card(client, FAILING_CARD, customer.id)
+    working = _card(client, WORKING_CARD, customer.id)
+    client.v1.customers.update(customer.id, {"invoice_settings": {"default_payment_method": failing}})
+    with pytest.raises(stripe.CardError) as declined:
+        _off_session_intent(client, customer.id, failing)
+    assert declined.value.error.type == "card_error"
+    intent_id = declined.value.error.payment_intent["id"]
+    journey_id = f"dunning-{intent_id}"
+    gateway = StripeGateway(localstripe.client())
+
+    payment = FailedPayment(
+        id=intent_id, kind="payment_intent", amount=2500, currency="usd", failed_at=datetime.now(UTC),
+        customer=Customer(id=customer.id),
+    )
+    context = gateway.collection_context(payment)
+    assert [(m.id, m.default) for m in context.payment_methods] == [(failing, True), (working, False)]
+    assert context.customer.email == "grace@example.com"
+    assert context.update_url is None  # localstripe has no Billing portal: the engine goes without a link
+    assert context.initial_decline.payment_method == failing
+    assert context.initial_decline.decline_code == "generic_decline"
+    methods = {m.id: m for m in context.payment_methods}
+
+    def attempt(number: int, method: PaymentMethod) -> ChargeRequest:
+        return ChargeRequest(
+            journey_id=journey_id, attempt_number=number, payment_reference=intent_id, payment_kind="payment_intent",
+            payment_method=method, amount=2500, currency="usd", at=datetime.now(UTC), limits=RetryLimits(),
+        )
+
+    first = gateway.charge(attempt(1, methods[failing]))
+    assert (first.status, first.payment_intent_id) == ("declined", intent_id)
+    assert (first.decline.payment_method, first.decline.decline_code) == (failing, "generic_decline")
+    second = gateway.charge(attempt(2, methods[working]))
+    assert (second.status, second.payment_intent_id) == ("succeeded", intent_id)
+    # An activity retry sends the same key: Stripe replays the first result and charges nothing.
+    assert gateway.charge(attempt(2, methods[working])) == second
+    assert gateway.charge(attempt(1, methods[failing])) == first
+
+    charges = [c for c in client.v1.charges.list({"customer": customer.id}).data if c.payment_intent == intent_id]
+    assert sorted((c.status, c.payment_method) for c in charges) == sorted(
+        [("failed", failing), ("failed", failing), ("succeeded", working)]
+    )
+    assert first.charge_id in {c.id for c in charges if c.status == "failed"}
+    assert second.charge_id == next(c.id for c in charges if c.status == "succeeded")
+    events = [e for e in client.v1.events.list({"limit": 100}).data if e.data.object.id == intent_id]
+    keyed = sorted((e.type, e.request.idempotency_key) for e in events if (e.request.idempotency_key or "").startswith("dunning-"))
+    assert keyed == [
+        ("payment_intent.payment_failed", f"{journey_id}:attempt:1"),
+        ("payment_intent.succeeded", f"{journey_id}:attempt:2"),
+    ]
+    assert gateway.read_back(_reconcile(intent_id)).status == "succeeded"

@@ -9,6 +9,7 @@ from temporalio.worker import Replayer
 
 from tests.support import HISTORIES
 from workflows.dunning import DunningWorkflow
+from workflows.sandbox import workflow_runner
 
 # One committed history per kind of journey; `make histories` records them.
 JOURNEYS = ["recovered_on_retry", "hand_off", "paid_out_of_band", "payment_method_updated", "paused_resumed", "cancelled"]
@@ -23,6 +24,8 @@ async def test_history_replays_on_current_code(name):
     path = HISTORIES / f"{name}.json"
     assert path.exists(), f"{path} is missing: run `make histories` and commit it"
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=[DunningWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[DunningWorkflow], data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
+    )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None

@@ -1,0 +1,500 @@
+"""POST /webhooks/stripe: signed Stripe events start and steer journeys, answered in milliseconds.
+
+Per delivery: verify `Stripe-Signature` (stripe.Webhook.construct_event, 300 s tolerance), record
+the event in the inbox (unique event id: a repeated delivery is answered 200 and not acted on
+again), carry it out, mark the inbox row. Starts (signal-with-start) and signals only need the
+Temporal server to persist them, so they happen before the answer; no worker is involved.
+
+`payment_method_updated` is an update, and an update needs a worker to accept it. Those events
+(and disputes, whose invoice may need a Stripe lookup) are answered as soon as they are recorded
+and handed to an in-process dispatcher, which finds the customer's open journeys through
+visibility and delivers the update with the event id as update id. The inbox row stays
+`received` until then; a sweeper re-runs rows left `received` by a crash. See docs/webhooks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import stripe
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateStage
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from dunning import search_attributes
+from dunning.config import TASK_QUEUE
+from dunning.journey import (
+    SIGNAL_CANCEL,
+    SIGNAL_PAUSE,
+    SIGNAL_PAYMENT_SUCCEEDED,
+    SIGNAL_RESUME,
+    UPDATE_PAYMENT_METHOD,
+    WORKFLOW_NAME,
+    OpsAction,
+    PaymentMethodUpdated,
+    PaymentSucceeded,
+)
+from dunning.models import PaymentMethod, journey_id_for
+from dunning.policies import policy_for_new_journeys
+from dunning.store.schema import WebhookEvent
+from dunning.stripe_events import (
+    Action,
+    Instruction,
+    UnusableEvent,
+    event_header,
+    interpret,
+    payment_method_from,
+)
+from dunning.triggers import start_journey
+
+if TYPE_CHECKING:
+    from dunning.api.app import Services
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20  # Stripe events are a few KiB; anything near this is not one
+SIGNATURE_TOLERANCE_S = 300
+SOURCE = "stripe"
+MARKER_SOURCE = "dunning"  # inbox rows the engine writes itself: `settled:<payment reference>`
+DISPATCH_WORKERS = 4
+STALE_AFTER = timedelta(seconds=60)  # a `received` row older than this lost its process
+SWEEP_EVERY_S = 30.0
+VISIBILITY_LAG_S = 2.0  # visibility is eventually consistent: look again once after this
+UPDATE_ACCEPT_TIMEOUT_S = 30.0
+POLICY_CACHE_S = 1.0  # an activation reaches new journeys within a second; saves a read per event
+DELIVERY_ATTEMPTS = 8  # backoff 2 s, 4 s, … capped at 60 s: about five minutes in all
+_ACTION_SIGNALS = {
+    Action.succeeded: SIGNAL_PAYMENT_SUCCEEDED,
+    Action.pause: SIGNAL_PAUSE,
+    Action.resume: SIGNAL_RESUME,
+    Action.cancel: SIGNAL_CANCEL,
+}
+
+
+class Retryable(Exception):
+    """Temporal or Stripe is unreachable for now: Stripe redelivers, the dispatcher retries."""
+
+
+class WebhookIngest:
+    """The webhook's state: the Temporal client, the dispatcher's queue and tasks."""
+
+    def __init__(self, services: Services, *, task_queue: str = TASK_QUEUE, stripe_client: stripe.StripeClient | None = None) -> None:
+        self.services = services
+        self.task_queue = task_queue
+        self.stripe = stripe_client
+        self._queue: asyncio.Queue[Instruction] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._in_flight: set[str] = set()
+        self._policy: tuple[str, float] | None = None  # (version, when read)
+
+    @property
+    def store(self):
+        return self.services.store
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    async def receive(self, body: bytes, signature: str | None) -> JSONResponse:
+        secret = self.services.settings.stripe_webhook_secret
+        if not secret:
+            raise HTTPException(503, "Stripe webhooks are not configured: set STRIPE_WEBHOOK_SECRET to the endpoint's signing secret (whsec_…)")
+        if not signature:
+            raise HTTPException(400, "missing Stripe-Signature header: only events signed by Stripe are accepted")
+        try:
+            stripe.Webhook.construct_event(body, signature, secret, tolerance=SIGNATURE_TOLERANCE_S)
+        except stripe.SignatureVerificationError as error:
+            raise HTTPException(
+                400,
+                f"invalid Stripe-Signature ({error.user_message or error}): check that STRIPE_WEBHOOK_SECRET is this "
+                f"endpoint's signing secret, the body is passed unmodified and the clock is within {SIGNATURE_TOLERANCE_S} s",
+            ) from error
+        except ValueError as error:  # signed, but not JSON
+            raise HTTPException(400, f"the body is not valid JSON: {error}") from error
+        except (AttributeError, TypeError) as error:  # signed JSON, but not an object (the SDK expects one)
+            raise HTTPException(400, "not a Stripe event: the body is not a JSON object") from error
+        event = json.loads(body)
+        try:
+            if not isinstance(event, dict):
+                raise UnusableEvent("the body is not a JSON object")
+            event_id, kind, _ = event_header(event)
+        except UnusableEvent as error:
+            raise HTTPException(400, f"not a Stripe event: {error}") from error
+        new = await run_in_threadpool(
+            self.store.record_webhook_event, event_id=event_id, source=SOURCE, type=kind, payload=event
+        )
+        if not new:
+            status = await run_in_threadpool(_inbox_status, self.store, event_id)
+            if status != "failed":  # processed, ignored, or being processed right now
+                return _answer(event_id, "duplicate", f"already received ({status})")
+        return await self.handle(event)
+
+    async def handle(self, event: dict[str, Any]) -> JSONResponse:
+        """Act on a recorded event (a new delivery, a redelivery after a failure, or the sweeper)."""
+        instruction = interpret(event)
+        if instruction.ignored:
+            await run_in_threadpool(self.store.mark_webhook_event, instruction.event_id, "ignored", instruction.ignored)
+            return _answer(instruction.event_id, "ignored", instruction.ignored)
+        if instruction.deferred or (instruction.invoice_unknown and self.stripe is not None):
+            self.enqueue(instruction)
+            return _answer(instruction.event_id, "accepted", "delivered in the background")
+        try:
+            status, detail = await self.carry_out(instruction)
+        except Retryable as error:
+            await run_in_threadpool(self.store.mark_webhook_event, instruction.event_id, "failed", str(error))
+            return JSONResponse({"event_id": instruction.event_id, "status": "failed", "detail": str(error)}, status_code=503)
+        await run_in_threadpool(self.store.mark_webhook_event, instruction.event_id, status, detail if status == "ignored" else None)
+        return _answer(instruction.event_id, status, detail)
+
+    # -- carrying out -------------------------------------------------------------------------------
+
+    async def carry_out(self, ins: Instruction) -> tuple[str, str]:
+        """(inbox status, detail). Raises Retryable when Temporal (or Stripe) cannot be reached."""
+        match ins.action:
+            case Action.start:
+                return await self._start(ins)
+            case Action.succeeded | Action.cancel:
+                return await self._settle(ins)
+            case Action.pause | Action.resume:
+                refs = await self._with_invoice_lookup(ins.targets)
+                journey = await self._signal_first(refs, ins.action, _signal_arg(ins.action, ins.event_id, ins.created, ins.reason, ins.type))
+                return "processed", f"{ins.action.value}d {journey}" if journey else f"no journey for {', '.join(refs)}"
+            case Action.method_updated:
+                return await self._update_methods(ins)
+        raise AssertionError(f"unhandled action {ins.action}")
+
+    async def _client(self) -> Client:
+        try:
+            return await self.services.temporal()
+        except HTTPException as error:
+            raise Retryable(str(error.detail)) from error
+
+    async def _start(self, ins: Instruction) -> tuple[str, str]:
+        payment = ins.payment
+        assert payment is not None
+        if ins.invoice_unknown and self.stripe is not None:
+            invoice = await self._invoice_of_intent(payment.id)
+            if invoice:
+                return "ignored", f"PaymentIntent of invoice {invoice}: its invoice.payment_failed drives the journey"
+        try:
+            settled, version = await run_in_threadpool(self._before_start, payment.id, ins.created)
+        except LookupError as error:
+            raise Retryable(str(error)) from error
+        if settled:
+            return "ignored", f"{payment.id} was already settled by {settled['type']} ({settled['event_id']}); no journey started"
+        client = await self._client()
+        try:
+            await start_journey(client, payment, policy_version=version, event_id=ins.event_id, task_queue=self.task_queue)
+        except WorkflowAlreadyStartedError:
+            return "processed", f"journey {payment.journey_id} already ended; a late failure event does not reopen it"
+        except RPCError as error:
+            raise Retryable(f"Temporal did not start {payment.journey_id}: {error.message}") from error
+        # Paid (or voided) while we were starting: whichever of the two writes came second sees the other.
+        settled = await run_in_threadpool(_settled, self.store, payment.id, ins.created)
+        if settled:
+            arg = _signal_arg(Action(settled["action"]), settled["event_id"], datetime.fromisoformat(settled["created"]), settled["reason"], settled["type"])
+            await self._signal_first((payment.id,), Action(settled["action"]), arg)
+        return "processed", f"started {payment.journey_id}"
+
+    def _before_start(self, reference: str, failed_at: datetime) -> tuple[dict[str, Any] | None, str]:
+        """(the settling event, if any; the policy version new journeys start on) — one trip to the store."""
+        settled = _settled(self.store, reference, failed_at)
+        now = time.monotonic()
+        if self._policy is None or now - self._policy[1] > POLICY_CACHE_S:
+            self._policy = (policy_for_new_journeys(self.store).version, now)
+        return settled, self._policy[0]
+
+    async def _settle(self, ins: Instruction) -> tuple[str, str]:
+        arg = _signal_arg(ins.action, ins.event_id, ins.created, ins.reason, ins.type)
+        journey = await self._signal_first(ins.targets, ins.action, arg)
+        if journey:
+            return "processed", f"signalled {journey}"
+        # No journey (yet): remember, so a failure event delivered late starts none — then look
+        # again, in case a journey started between the signal and the marker.
+        for ref in ins.targets:
+            await run_in_threadpool(_remember_settled, self.store, ref, ins)
+        journey = await self._signal_first(ins.targets, ins.action, arg)
+        if journey:
+            return "processed", f"signalled {journey}"
+        return "processed", f"no journey for {', '.join(ins.targets)}; remembered"
+
+    async def _signal_first(self, refs: tuple[str, ...], action: Action, arg: Any) -> str | None:
+        """Signal the first of these payments' journeys that is running; its id, or None."""
+        client = await self._client()
+        for ref in refs:
+            journey_id = journey_id_for(ref)
+            try:
+                await client.get_workflow_handle(journey_id).signal(_ACTION_SIGNALS[action], arg)
+                return journey_id
+            except RPCError as error:
+                if error.status == RPCStatusCode.NOT_FOUND:  # never started, or already ended
+                    continue
+                raise Retryable(f"Temporal did not take the {action.value} signal for {journey_id}: {error.message}") from error
+        return None
+
+    async def _update_methods(self, ins: Instruction) -> tuple[str, str]:
+        customer = ins.targets[0]
+        method = await self._method_details(ins.payment_method)
+        update = PaymentMethodUpdated(event_id=ins.event_id, payment_method=method, source=f"stripe {ins.type}")
+        delivered: dict[str, str] = {}
+        for attempt in range(2):  # a journey started just now may not be visible yet
+            for journey_id in await self._open_journeys(customer):
+                if journey_id not in delivered:
+                    delivered[journey_id] = await self._deliver_update(journey_id, update)
+            if attempt == 0:
+                await asyncio.sleep(VISIBILITY_LAG_S)
+        if not delivered:
+            return "processed", f"customer {customer} has no open journey"
+        return "processed", "; ".join(f"{j}: {outcome}" for j, outcome in sorted(delivered.items()))
+
+    async def _open_journeys(self, customer: str) -> list[str]:
+        client = await self._client()
+        query = (
+            f"WorkflowType = '{WORKFLOW_NAME}' AND {search_attributes.CUSTOMER_ID.name} = '{_quote(customer)}'"
+            " AND ExecutionStatus = 'Running'"
+        )
+        try:
+            return [execution.id async for execution in client.list_workflows(query)]
+        except RPCError as error:
+            raise Retryable(f"Temporal visibility did not answer for {customer}: {error.message}") from error
+
+    async def _deliver_update(self, journey_id: str, update: PaymentMethodUpdated) -> str:
+        client = await self._client()
+        handle = client.get_workflow_handle(journey_id)
+        try:
+            # ACCEPTED: durably in the journey's history; the update id (= event id) dedupes repeats.
+            await asyncio.wait_for(
+                handle.start_update(
+                    UPDATE_PAYMENT_METHOD, update, id=update.event_id, wait_for_stage=WorkflowUpdateStage.ACCEPTED
+                ),
+                UPDATE_ACCEPT_TIMEOUT_S,
+            )
+        except WorkflowUpdateFailedError as error:  # rejected: the journey ended meanwhile
+            return f"rejected ({error.cause or error})"
+        except asyncio.TimeoutError as error:
+            raise Retryable(f"no worker accepted the update for {journey_id} within {UPDATE_ACCEPT_TIMEOUT_S:.0f} s") from error
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return "ended"
+            raise Retryable(f"Temporal did not take the update for {journey_id}: {error.message}") from error
+        return "delivered"
+
+    # -- Stripe lookups (only with STRIPE_API_KEY; in the dispatcher, never in the answer's path) --
+
+    async def _method_details(self, method: PaymentMethod | None) -> PaymentMethod:
+        assert method is not None and method.id
+        if self.stripe is None or method.brand or method.fingerprint:
+            return method
+        try:
+            pm = await run_in_threadpool(self.stripe.v1.payment_methods.retrieve, method.id)
+        except stripe.StripeError as error:
+            _raise_if_transient(error, f"reading {method.id}")
+            logger.warning("payment method %s: %s; delivering the id only", method.id, error)
+            return method
+        return payment_method_from(pm.to_dict(), default=True)
+
+    async def _invoice_of_intent(self, intent_id: str) -> str | None:
+        if self.stripe is None:
+            return None
+        params = {"payment": {"type": "payment_intent", "payment_intent": intent_id}, "limit": 1}
+        try:
+            listed = await run_in_threadpool(self.stripe.v1.invoice_payments.list, params)
+        except stripe.StripeError as error:
+            _raise_if_transient(error, f"finding the invoice of {intent_id}")
+            logger.warning("invoice of %s: %s", intent_id, error)
+            return None
+        return next((item.get("invoice") for item in listed.data if item.get("invoice")), None)
+
+    async def _with_invoice_lookup(self, refs: tuple[str, ...]) -> tuple[str, ...]:
+        found = [await self._invoice_of_intent(ref) for ref in refs if ref.startswith("pi_")]
+        return tuple(dict.fromkeys([*(f for f in found if f), *refs]))
+
+    # -- the dispatcher -----------------------------------------------------------------------------
+
+    def enqueue(self, ins: Instruction) -> None:
+        if ins.event_id in self._in_flight:
+            return
+        self._ensure_started()
+        self._in_flight.add(ins.event_id)
+        assert self._queue is not None
+        self._queue.put_nowait(ins)
+
+    def _ensure_started(self) -> None:
+        if self._tasks and not all(t.done() for t in self._tasks):
+            return
+        self._queue = asyncio.Queue()
+        self._tasks = [asyncio.create_task(self._work(), name=f"webhook-dispatch-{n}") for n in range(DISPATCH_WORKERS)]
+        self._tasks.append(asyncio.create_task(self._sweep(), name="webhook-sweeper"))
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            ins = await queue.get()
+            try:
+                status, detail = await self._deliver(ins)
+                await run_in_threadpool(self.store.mark_webhook_event, ins.event_id, status, detail if status != "processed" else None)
+                logger.info("event %s (%s): %s", ins.event_id, ins.type, detail)
+            except Exception:  # a bug must not stop the dispatcher; the row stays for the sweeper
+                logger.exception("event %s (%s) could not be delivered", ins.event_id, ins.type)
+            finally:
+                self._in_flight.discard(ins.event_id)
+                queue.task_done()
+
+    async def _deliver(self, ins: Instruction) -> tuple[str, str]:
+        delay = 2.0
+        for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+            try:
+                return await self.carry_out(ins)
+            except Retryable as error:
+                if attempt == DELIVERY_ATTEMPTS:
+                    return "failed", f"gave up after {attempt} attempts: {error}"
+                logger.warning("event %s: %s; retrying in %.0f s", ins.event_id, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        raise AssertionError("unreachable")
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:
+                logger.exception("webhook sweeper")
+            await asyncio.sleep(SWEEP_EVERY_S)
+
+    async def sweep_once(self, older_than: timedelta = STALE_AFTER) -> int:
+        """Re-run inbox rows left `received` (a crash between recording and acting); how many."""
+        rows = await run_in_threadpool(_stale_events, self.store, datetime.now(UTC) - older_than)
+        count = 0
+        for event_id, payload in rows:
+            if event_id in self._in_flight:
+                continue
+            count += 1
+            await self.handle(payload)
+        return count
+
+    async def idle(self, timeout: float) -> None:
+        """Wait until every queued delivery is done (tests, benchmarks, shutdown)."""
+        if self._queue is not None:
+            await asyncio.wait_for(self._queue.join(), timeout)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._in_flight.clear()
+
+
+def install(app: FastAPI, services: Services) -> WebhookIngest:
+    """Add POST /webhooks/stripe to the app; the ingest is app.state.webhooks."""
+    stripe_client = None
+    if services.settings.stripe_api_key:
+        from activities.stripe_gateway import make_client  # the one way this codebase builds a client
+
+        stripe_client = make_client(services.settings.stripe_api_key, services.settings.stripe_api_base)
+    ingest = WebhookIngest(services, stripe_client=stripe_client)
+    app.state.webhooks = ingest
+    app.include_router(_router(ingest))
+    return ingest
+
+
+def _router(ingest: WebhookIngest) -> APIRouter:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ingest._ensure_started()  # the sweeper resumes what a previous process left
+        try:
+            yield
+        finally:
+            await ingest.stop()
+
+    router = APIRouter(tags=["webhooks"], lifespan=lifespan)
+
+    @router.post("/webhooks/stripe", summary="Stripe webhook endpoint (signed events only)")
+    async def stripe_webhook(request: Request) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"body of {declared} bytes exceeds the {MAX_BODY_BYTES} byte limit for Stripe events")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise HTTPException(413, f"body exceeds the {MAX_BODY_BYTES} byte limit for Stripe events")
+        return await ingest.receive(bytes(body), request.headers.get("stripe-signature"))
+
+    return router
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _answer(event_id: str, status: str, detail: str) -> JSONResponse:
+    return JSONResponse({"event_id": event_id, "status": status, "detail": detail})
+
+
+def _signal_arg(action: Action, event_id: str, created: datetime, reason: str, kind: str) -> Any:
+    if action is Action.succeeded:
+        return PaymentSucceeded(event_id=event_id, at=created, source=f"stripe {kind}")
+    return OpsAction(reason=f"{reason} ({kind})", event_id=event_id, actor="stripe")
+
+
+def _quote(value: str) -> str:
+    """Visibility queries take string literals; escape quotes so an id cannot alter the query."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _raise_if_transient(error: stripe.StripeError, what: str) -> None:
+    status = error.http_status or 0
+    if isinstance(error, (stripe.APIConnectionError, stripe.RateLimitError)) or status >= 500 or status in (409, 429):
+        raise Retryable(f"Stripe unavailable while {what}: {error}") from error
+
+
+def _marker_id(reference: str) -> str:
+    return f"settled:{reference}"
+
+
+def _inbox_status(store: Any, event_id: str) -> str | None:
+    with store.engine.connect() as conn:
+        return conn.scalar(select(WebhookEvent.status).where(WebhookEvent.event_id == event_id))
+
+
+def _settled(store: Any, reference: str, failed_at: datetime) -> dict[str, Any] | None:
+    """The settling event remembered for this payment, if it is not older than the failure."""
+    with store.engine.connect() as conn:  # Core, not the ORM: this runs twice per failure event
+        payload = conn.scalar(select(WebhookEvent.payload).where(WebhookEvent.event_id == _marker_id(reference)))
+    if payload is None or datetime.fromisoformat(payload["created"]) < failed_at:
+        return None
+    return payload
+
+
+def _remember_settled(store: Any, reference: str, ins: Instruction) -> None:
+    payload = {
+        "event_id": ins.event_id,
+        "type": ins.type,
+        "created": ins.created.isoformat(),
+        "action": ins.action.value if ins.action else None,
+        "reason": ins.reason,
+    }
+    marker = _marker_id(reference)
+    if store.record_webhook_event(event_id=marker, source=MARKER_SOURCE, type=f"marker.{ins.type}", payload=payload):
+        store.mark_webhook_event(marker, "processed")
+
+
+def _stale_events(store: Any, before: datetime) -> list[tuple[str, dict[str, Any]]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(WebhookEvent.event_id, WebhookEvent.payload)
+            .where(WebhookEvent.status == "received", WebhookEvent.source == SOURCE, WebhookEvent.received_at < before)
+            .order_by(WebhookEvent.id)
+            .limit(500)
+        )
+        return [(event_id, payload) for event_id, payload in rows]

@@ -1,0 +1,215 @@
+"""Webhook deliveries out of order, repeated, concurrent — on a dev server with a worker, journeys
+compressed to seconds. Each ends with exactly one correct outcome: no journey for a payment already
+paid, the new card charged once, cancellations only by others, disputes pausing the journey."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import WorkflowEnvironment
+
+from dunning import search_attributes
+from dunning.journey import JourneyStatus
+from dunning.models import Stage
+from dunning.scenarios import Scenario
+from tests.support import binary
+from tests.webhook_support import FAST_POLICY, card, event, http, intent, invoice, post_event, webhook_app
+
+WAIT = 60  # seconds: a whole compressed journey is 40 s
+
+
+@pytest.fixture(scope="module")
+async def dev_env():
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary("temporal"),
+        search_attributes=search_attributes.ALL,
+        data_converter=pydantic_data_converter,
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def harness(dev_env, harness_factory, tmp_path):
+    return harness_factory(dev_env.client, tmp_path, FAST_POLICY)
+
+
+def scenario(reference: str, customer: str, *, new_card: bool = False) -> Scenario:
+    data: dict[str, Any] = {
+        "id": reference,
+        "amount": 2500,
+        "currency": "usd",
+        "failed_at": "2026-11-22T09:00:00Z",
+        "customer": {"id": customer, "email": "c@example.com"},
+        "payment_methods": [
+            {"id": "pm_old", "brand": "visa", "default": True, "fingerprint": f"fp_old_{reference}",
+             "behavior": {"default": {"decline_code": "insufficient_funds"}}}
+        ],
+    }
+    if new_card:
+        data["customer_response"] = {
+            "after_messages": 1, "delay": "1h", "action": "update_payment_method",
+            "new_payment_method": {"id": "pm_new", "brand": "mastercard", "fingerprint": f"fp_new_{reference}", "behavior": {"default": "succeeded"}},
+        }
+    return Scenario.model_validate(data)
+
+
+async def running(client, journey_id: str) -> JourneyStatus:
+    """The journey's status once it has opened (its first activities ran)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            status = await client.get_workflow_handle(journey_id).query("status", result_type=JourneyStatus)
+        except RPCError:
+            status = None
+        if status is not None:
+            return status
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{journey_id} did not open within 20 s")
+
+
+async def exists(client, journey_id: str) -> bool:
+    try:
+        await client.get_workflow_handle(journey_id).describe()
+    except RPCError as error:
+        assert error.status == RPCStatusCode.NOT_FOUND
+        return False
+    return True
+
+
+def charges(harness, journey_id: str) -> list[tuple[str, str]]:
+    return [(c.payment_method_id, c.outcome.status) for c in harness.gateway.charges_by_key().values() if c.journey_id == journey_id]
+
+
+async def test_paid_before_failed_starts_no_journey(dev_env, harness, tmp_path):
+    app = webhook_app(harness, tmp_path, dev_env.client)
+    now = int(time.time())
+    failed = event("invoice.payment_failed", invoice("in_pbf", "cus_pbf"), created=now - 60)
+    paid = event("invoice.paid", invoice("in_pbf", "cus_pbf", status="paid"), created=now)
+    async with http(app) as client:
+        first = await post_event(client, paid)
+        late = await post_event(client, failed)
+        again = await post_event(client, failed)
+    assert first.json() == {"event_id": paid["id"], "status": "processed", "detail": "no journey for in_pbf; remembered"}
+    assert late.json()["status"] == "ignored"
+    assert late.json()["detail"] == f"in_pbf was already settled by invoice.paid ({paid['id']}); no journey started"
+    assert again.json()["status"] == "duplicate"
+    assert not await exists(dev_env.client, "dunning-in_pbf")
+
+
+async def test_paid_and_failed_delivered_at_once_never_leave_a_journey_collecting(dev_env, harness, tmp_path):
+    """Whichever write comes second sees the other: no journey, or one that recovers at once; no charge."""
+    app = webhook_app(harness, tmp_path, dev_env.client)
+    now = int(time.time())
+    references = [f"in_race{n}" for n in range(6)]
+    async with http(app) as client, harness.worker():
+        for reference in references:
+            harness.gateway.register(scenario(reference, f"cus_{reference}"))
+        pairs = [
+            (event("invoice.payment_failed", invoice(r, f"cus_{r}"), created=now - 5), event("invoice.paid", invoice(r, f"cus_{r}", status="paid"), created=now))
+            for r in references
+        ]
+        answers = await asyncio.gather(*(post_event(client, e) for pair in pairs for e in pair))
+        assert all(a.status_code == 200 for a in answers)
+        for reference in references:
+            journey_id = f"dunning-{reference}"
+            if await exists(dev_env.client, journey_id):
+                handle = dev_env.client.get_workflow_handle(journey_id, result_type=JourneyStatus)
+                status = await asyncio.wait_for(handle.result(), WAIT)
+                assert status.stage is Stage.recovered, status.timeline
+            assert charges(harness, journey_id) == []
+
+
+async def test_card_updated_before_the_failure_arrives_is_charged_once(dev_env, harness, tmp_path):
+    harness.gateway.register(scenario("pi_ubf", "cus_ubf", new_card=True))
+    harness.gateway.attach_payment_method("pi_ubf", "pm_new")  # the customer adds a card in Stripe…
+    app = webhook_app(harness, tmp_path, dev_env.client)
+    now = int(time.time())
+    attached = event("payment_method.attached", card("pm_new", "cus_ubf"), created=now)
+    failed = event("payment_intent.payment_failed", intent("pi_ubf", "cus_ubf", invoice=None, failed_method="pm_old"), created=now - 2)
+    async with http(app) as client, harness.worker():
+        first = await post_event(client, attached)  # …and its webhook overtakes the failure's
+        assert first.json()["status"] == "accepted"
+        await app.state.webhooks.idle(20)
+        assert (await post_event(client, failed)).json()["status"] == "processed"
+        handle = dev_env.client.get_workflow_handle("dunning-pi_ubf", result_type=JourneyStatus)
+        status = await asyncio.wait_for(handle.result(), WAIT)
+    assert status.stage is Stage.recovered
+    assert charges(harness, "dunning-pi_ubf") == [("pm_new", "succeeded")]
+    assert status.attempts[0].payment_method_id == "pm_old" and status.attempts[0].number == 0
+    assert harness.store.webhook_event_counts()["processed"] == 2
+
+
+async def test_card_update_reaches_the_open_journey_once_however_often_it_is_delivered(dev_env, harness, tmp_path):
+    harness.gateway.register(scenario("in_upd", "cus_upd", new_card=True))
+    app = webhook_app(harness, tmp_path, dev_env.client)
+    async with http(app) as client, harness.worker():
+        assert (await post_event(client, event("invoice.payment_failed", invoice("in_upd", "cus_upd")))).json()["status"] == "processed"
+        await running(dev_env.client, "dunning-in_upd")
+        harness.gateway.attach_payment_method("in_upd", "pm_new")
+        attached = event("payment_method.attached", card("pm_new", "cus_upd"))
+        answers = await asyncio.gather(*(post_event(client, attached) for _ in range(4)))
+        assert sorted(a.json()["status"] for a in answers) == ["accepted", "duplicate", "duplicate", "duplicate"]
+        await app.state.webhooks.idle(40)
+        handle = dev_env.client.get_workflow_handle("dunning-in_upd", result_type=JourneyStatus)
+        status = await asyncio.wait_for(handle.result(), WAIT)
+    assert status.stage is Stage.recovered
+    assert [c for c in charges(harness, "dunning-in_upd") if c[0] == "pm_new"] == [("pm_new", "succeeded")]
+    assert sum(1 for e in status.timeline if e.kind == "payment_method") == 1
+    assert status.attempts[-1].payment_method_id == "pm_new"
+    counts = harness.store.webhook_event_counts()
+    assert (counts["processed"], counts["received"], counts["failed"]) == (2, 0, 0)
+
+
+async def test_cancelled_by_others_but_not_by_our_own_hand_off(dev_env, harness, tmp_path):
+    harness.gateway.register(scenario("in_cx", "cus_cx"))
+    app = webhook_app(harness, tmp_path, dev_env.client)
+    async with http(app) as client, harness.worker():
+        await post_event(client, event("invoice.payment_failed", invoice("in_cx", "cus_cx")))
+        await running(dev_env.client, "dunning-in_cx")
+        ours = event("invoice.marked_uncollectible", invoice("in_cx", "cus_cx", status="uncollectible"))
+        ours["request"] = {"id": "req_ours", "idempotency_key": "dunning-in_cx:escalate:hand_off"}
+        ignored = await post_event(client, ours)
+        assert ignored.json()["status"] == "ignored" and "engine's own escalation" in ignored.json()["detail"]
+        assert (await running(dev_env.client, "dunning-in_cx")).stage is not Stage.cancelled
+        voided = await post_event(client, event("invoice.voided", invoice("in_cx", "cus_cx", status="void")))
+        assert voided.json() == {**voided.json(), "status": "processed", "detail": "signalled dunning-in_cx"}
+        handle = dev_env.client.get_workflow_handle("dunning-in_cx", result_type=JourneyStatus)
+        status = await asyncio.wait_for(handle.result(), WAIT)
+    assert status.stage is Stage.cancelled
+    assert status.end_reason == "the invoice was voided in Stripe (invoice.voided)"
+
+
+async def test_a_dispute_pauses_the_journey_and_its_close_resumes_it(dev_env, harness, tmp_path):
+    harness.gateway.register(scenario("pi_dsp", "cus_dsp"))
+    app = webhook_app(harness, tmp_path, dev_env.client)
+    dispute = {"id": "dp_1", "object": "dispute", "charge": "ch_1", "payment_intent": "pi_dsp", "reason": "fraudulent", "status": "needs_response"}
+    async with http(app) as client, harness.worker():
+        await post_event(client, event("payment_intent.payment_failed", intent("pi_dsp", "cus_dsp", invoice=None, failed_method="pm_old")))
+        await running(dev_env.client, "dunning-pi_dsp")
+        assert (await post_event(client, event("charge.dispute.created", dispute))).json()["status"] == "accepted"
+        await app.state.webhooks.idle(20)
+        paused = await _until(dev_env.client, "dunning-pi_dsp", lambda s: s.paused)
+        assert paused.stage is Stage.paused
+        closed = event("charge.dispute.closed", {**dispute, "status": "won"})
+        assert (await post_event(client, closed)).json()["status"] == "accepted"
+        await app.state.webhooks.idle(20)
+        resumed = await _until(dev_env.client, "dunning-pi_dsp", lambda s: not s.paused)
+    assert [e.kind for e in resumed.timeline if e.kind in ("paused", "resumed")] == ["paused", "resumed"]
+    assert "a dispute was opened (charge.dispute.created)" in [e.text for e in resumed.timeline]
+    await dev_env.client.get_workflow_handle("dunning-pi_dsp").terminate("test over")
+
+
+async def _until(client, journey_id: str, condition) -> JourneyStatus:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status = await running(client, journey_id)
+        if condition(status):
+            return status
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{journey_id}: condition not met within 20 s")
