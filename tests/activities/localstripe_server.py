@@ -66,11 +66,8 @@ class LocalStripe:
         """localstripe's own webhook delivery: events signed with `secret`, POSTed to `url`."""
         import httpx
 
-        response = httpx.post(
-            f"{self.url}/_config/webhooks/{name}",
-            json={"url": url, "secret": secret, "events": events},
-            timeout=REQUEST_TIMEOUT,
-        )
+        with httpx.Client(trust_env=False, timeout=REQUEST_TIMEOUT) as http:  # loopback, never a proxy
+            response = http.post(f"{self.url}/_config/webhooks/{name}", json={"url": url, "secret": secret, "events": events})
         response.raise_for_status()
 
 

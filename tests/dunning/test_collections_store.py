@@ -13,7 +13,6 @@ from dunning.collections.reconciliation import ReconciliationError, apply_reconc
 from dunning.models import Stage
 from dunning.store import JourneyRecord, Store
 from dunning.store.records import PlacementRecord
-from tests.dunning.test_store import db_url, postgres_admin_url, store  # noqa: F401  (both backends)
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 D1, D2, D3 = date(2026, 11, 2), date(2026, 11, 3), date(2026, 11, 4)

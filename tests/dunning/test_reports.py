@@ -21,7 +21,6 @@ from dunning.reports import (
     recovery_report,
 )
 from dunning.store import CardAttemptRecord, JourneyRecord, MessageRecord, Store
-from tests.dunning.test_store import db_url, postgres_admin_url  # noqa: F401  (fixtures)
 from tests.support import ROOT
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday
