@@ -376,6 +376,11 @@ class CpuMeter:
         return phase
 
 
+def _http(concurrency: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT)
+
+
 def _table(phases: list[Phase]) -> str:
     names = [n for n in ("temporal", "http", "bench") if any(n in p.cpu for p in phases)]
     rows = [("phase", "events", "seconds", "events/s", "p50 ms", "p99 ms", "max ms", "errors", *(f"cpu {n} ms/ev" for n in names))]
@@ -405,21 +410,26 @@ async def measure(args: argparse.Namespace, stack: Stack) -> int:
     finally:
         store.dispose()
     client = await asyncio.wait_for(connect(stack.settings), 10)
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT) as http:
-        counter = iter(range(10**9))
-        events = lambda k: [failure_event(run_id, next(counter)) for _ in range(k)]  # noqa: E731
-        payments = lambda k: [failed_payment(run_id, next(counter)) for _ in range(k)]  # noqa: E731
-        await webhook_phase("warm-up", http, stack, events(WARM_UP), args.concurrency)
-        await raw_phase("warm-up", client, payments(WARM_UP), version, args.concurrency)
-        half, rest = args.events // 2, args.events - args.events // 2
-        meter = CpuMeter(stack.pids)
-        w1 = await meter.measure(webhook_phase("webhook", http, stack, events(half), args.concurrency))
-        r1 = await meter.measure(raw_phase("raw", client, payments(half), version, args.concurrency))
-        r2 = await meter.measure(raw_phase("raw", client, payments(rest), version, args.concurrency))
-        w2 = await meter.measure(webhook_phase("webhook", http, stack, events(rest), args.concurrency))
-        webhook = _merge(f"webhook, signed, via HTTP (C={args.concurrency})", [w1, w2])
-        raw = _merge(f"raw start_workflow (C={args.concurrency})", [r1, r2])
+    counter = iter(range(10**9))
+    events = lambda k: [failure_event(run_id, next(counter)) for _ in range(k)]  # noqa: E731
+    payments = lambda k: [failed_payment(run_id, next(counter)) for _ in range(k)]  # noqa: E731
+    meter = CpuMeter(stack.pids)
+
+    async def webhooks(name: str, k: int) -> Phase:
+        # A client per phase: uvicorn closes connections idle for 5 s (while raw phases run).
+        async with _http(args.concurrency) as http:
+            return await meter.measure(webhook_phase(name, http, stack, events(k), args.concurrency))
+
+    await webhooks("warm-up", WARM_UP)
+    await raw_phase("warm-up", client, payments(WARM_UP), version, args.concurrency)
+    half, rest = args.events // 2, args.events - args.events // 2
+    w1 = await webhooks("webhook", half)
+    r1 = await meter.measure(raw_phase("raw", client, payments(half), version, args.concurrency))
+    r2 = await meter.measure(raw_phase("raw", client, payments(rest), version, args.concurrency))
+    w2 = await webhooks("webhook", rest)
+    webhook = _merge(f"webhook, signed, via HTTP (C={args.concurrency})", [w1, w2])
+    raw = _merge(f"raw start_workflow (C={args.concurrency})", [r1, r2])
+    async with _http(args.concurrency) as http:
         paced = await meter.measure(paced_phase(http, stack, events(args.paced_events), args.rate))
     ratio = webhook.rate / raw.rate if raw.rate else 0.0
     p99 = paced.percentile(99)

@@ -336,18 +336,23 @@ class ProcessStack:
     async def wait_for_workers(self, indexes: list[int] | None = None) -> None:
         wanted = [self.workers[i] for i in (indexes if indexes is not None else range(len(self.workers)))]
         deadline = time.monotonic() + PROCESS_READY_TIMEOUT
+        seen: set[str] = set()
+        last: BaseException | None = None
         while time.monotonic() < deadline:
             for worker in wanted:
                 self._check_alive(worker)
             try:
-                seen = await self.pollers()
-            except Exception:  # the server is restarting
-                seen = set()
+                seen = await asyncio.wait_for(self.pollers(), 5)
+            except Exception as error:  # the server is restarting
+                last, seen = error, set()
             if all(identity(worker.pid) in seen for worker in wanted):
                 return
             await asyncio.sleep(0.3)
-        names = ", ".join(w.name for w in wanted)
-        raise StackFailed(f"{names} did not poll within {PROCESS_READY_TIMEOUT:.0f} s\n" + "\n".join(w.tail() for w in wanted))
+        names = ", ".join(f"{w.name} ({identity(w.pid)})" for w in wanted)
+        raise StackFailed(
+            f"{names} did not poll within {PROCESS_READY_TIMEOUT:.0f} s (pollers seen: {sorted(seen)}; last error: {last!r})\n"
+            + "\n".join(w.tail() for w in wanted)
+        )
 
     def worker_peak_rss(self) -> list[int | None]:
         """Per worker slot: the largest peak RSS of its processes so far (live ones read now)."""

@@ -31,7 +31,7 @@ MAX_SEEN_EVENTS = 200
 WHOLE_DAY = (time(0, 0), time(23, 59, 59))  # prompt retries on cards need not wait for retry hours
 
 DecisionKind = Literal["attempt", "message", "escalation", "reconcile", "skip", "wait", "finish"]
-AttemptStatus = Literal["succeeded", "declined", "requires_action", "processing", "initial"]
+AttemptStatus = Literal["succeeded", "declined", "requires_action", "processing", "error"]
 MessageStatus = Literal["sent", "skipped", "undeliverable", "opted_out"]
 
 
@@ -289,6 +289,7 @@ def _card_history(state: JourneyState) -> list[CardAttempt]:
             decline=a.decline,
         )
         for a in state.attempts
+        if a.status != "error"  # refused before reaching the card network
     ]
     others = list(state.ledger)  # other journeys' attempts on these cards, from the store
     return own + others
@@ -520,6 +521,27 @@ def apply_attempt(
     _finish_planned_step(state, decision)
     if outcome.status == "succeeded":
         _recover(state, at, f"attempt {decision.attempt_number} on {method.id} succeeded")
+    _refresh_stage(policy, state, at)
+
+
+def apply_charge_refused(policy: Policy, state: JourneyState, decision: Decision, error: str, at: datetime) -> None:
+    """The gateway refused the request itself (e.g. invalid request): recorded, so the attempt number
+    (part of the idempotency key) is never reused, and the step is over."""
+    method = _method(state, decision.payment_method_id)
+    state.attempts.append(
+        AttemptRecord(
+            number=decision.attempt_number or next_attempt_number(state),
+            at=at,
+            payment_method_id=method.id,
+            card_key=method.card_key,
+            brand=method.brand,
+            step_id=decision.step_id or "",
+            status="error",
+            reason=error,
+        )
+    )
+    _finish_planned_step(state, decision)
+    state.note(at, "attempt", f"attempt {decision.attempt_number} on {method.id} refused by the gateway: {error}")
     _refresh_stage(policy, state, at)
 
 

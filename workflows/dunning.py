@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from dunning import engine, search_attributes
@@ -51,6 +51,9 @@ PROVIDER_RETRY = RetryPolicy(
 )
 STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 ACTIVITY_TIMEOUT = timedelta(minutes=2)
+# Stripe keeps idempotency keys for 24 h: past that, a retry could charge twice, so stop retrying
+# the same key before then and reconcile instead.
+CHARGE_DEADLINE = timedelta(hours=20)
 
 
 @workflow.defn(name="DunningWorkflow")
@@ -283,15 +286,16 @@ class DunningWorkflow:
                 ),
                 result_type=ChargeResult,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
+                schedule_to_close_timeout=CHARGE_DEADLINE,
                 retry_policy=PROVIDER_RETRY,
             )
         except ActivityError as error:
-            engine.apply_skip(
-                policy,
-                state,
-                decision.model_copy(update={"reason": f"charge refused permanently: {_cause(error)}"}),
-                workflow.now(),
-            )
+            if error.retry_state is RetryState.TIMEOUT or isinstance(error.cause, TimeoutError):
+                # The gateway may or may not have charged: read it back before any new attempt.
+                outcome = ChargeOutcome(status="processing", message=f"no answer within {CHARGE_DEADLINE}")
+                engine.apply_attempt(policy, state, decision, outcome, workflow.now())
+            else:
+                engine.apply_charge_refused(policy, state, decision, _cause(error), workflow.now())
             return
         if result.budget_denied:
             engine.apply_budget_denied(policy, state, decision, list(result.ledger), workflow.now())

@@ -15,11 +15,14 @@ visibility and delivers the update with the event id as update id. The inbox row
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +85,18 @@ _ACTION_SIGNALS = {
 }
 
 
+@dataclass(frozen=True)
+class Done:
+    status: str  # the inbox status: processed | ignored | failed
+    detail: str
+    marked: bool = False  # the inbox row is already marked
+
+    @property
+    def note(self) -> str | None:
+        """What the inbox keeps: why an event was ignored or failed (nothing for processed ones)."""
+        return None if self.status == "processed" else self.detail
+
+
 class Retryable(Exception):
     """Temporal or Stripe is unreachable for now: Stripe redelivers, the dispatcher retries."""
 
@@ -97,6 +112,8 @@ class WebhookIngest:
         self._tasks: list[asyncio.Task] = []
         self._in_flight: set[str] = set()
         self._policy: tuple[str, float] | None = None  # (version, when read)
+        # SQLite: queue this process's inbox writes on a lock, not in SQLite's busy handler (it sleeps).
+        self._writing = threading.Lock() if services.store.dialect == "sqlite" else contextlib.nullcontext()
 
     @property
     def store(self):
@@ -129,47 +146,55 @@ class WebhookIngest:
             event_id, kind, _ = event_header(event)
         except UnusableEvent as error:
             raise HTTPException(400, f"not a Stripe event: {error}") from error
-        new = await run_in_threadpool(
-            self.store.record_webhook_event, event_id=event_id, source=SOURCE, type=kind, payload=event
-        )
-        if not new:
-            status = await run_in_threadpool(_inbox_status, self.store, event_id)
-            if status != "failed":  # processed, ignored, or being processed right now
-                return _answer(event_id, "duplicate", f"already received ({status})")
+        status = await run_in_threadpool(self._admit, event_id, kind, event)
+        if status is not None and status != "failed":  # processed, ignored, or being processed right now
+            return _answer(event_id, "duplicate", f"already received ({status})")
         return await self.handle(event)
+
+    def _admit(self, event_id: str, kind: str, event: dict[str, Any]) -> str | None:
+        """Record the event; None when it is new, else the status of the earlier delivery."""
+        with self._writing:
+            if self.store.record_webhook_event(event_id=event_id, source=SOURCE, type=kind, payload=event):
+                return None
+        return _inbox_status(self.store, event_id)
+
+    def _mark(self, event_id: str, status: str, detail: str | None) -> None:
+        with self._writing:
+            self.store.mark_webhook_event(event_id, status, detail)
 
     async def handle(self, event: dict[str, Any]) -> JSONResponse:
         """Act on a recorded event (a new delivery, a redelivery after a failure, or the sweeper)."""
         instruction = interpret(event)
         if instruction.ignored:
-            await run_in_threadpool(self.store.mark_webhook_event, instruction.event_id, "ignored", instruction.ignored)
+            await run_in_threadpool(self._mark, instruction.event_id, "ignored", instruction.ignored)
             return _answer(instruction.event_id, "ignored", instruction.ignored)
         if instruction.deferred or (instruction.invoice_unknown and self.stripe is not None):
             self.enqueue(instruction)
             return _answer(instruction.event_id, "accepted", "delivered in the background")
         try:
-            status, detail = await self.carry_out(instruction)
+            done = await self.carry_out(instruction)
         except Retryable as error:
-            await run_in_threadpool(self.store.mark_webhook_event, instruction.event_id, "failed", str(error))
+            await run_in_threadpool(self._mark, instruction.event_id, "failed", str(error))
             return JSONResponse({"event_id": instruction.event_id, "status": "failed", "detail": str(error)}, status_code=503)
-        await run_in_threadpool(self.store.mark_webhook_event, instruction.event_id, status, detail if status == "ignored" else None)
-        return _answer(instruction.event_id, status, detail)
+        if not done.marked:
+            await run_in_threadpool(self._mark, instruction.event_id, done.status, done.note)
+        return _answer(instruction.event_id, done.status, done.detail)
 
     # -- carrying out -------------------------------------------------------------------------------
 
-    async def carry_out(self, ins: Instruction) -> tuple[str, str]:
-        """(inbox status, detail). Raises Retryable when Temporal (or Stripe) cannot be reached."""
+    async def carry_out(self, ins: Instruction) -> Done:
+        """Raises Retryable when Temporal (or Stripe) cannot be reached."""
         match ins.action:
             case Action.start:
                 return await self._start(ins)
             case Action.succeeded | Action.cancel:
-                return await self._settle(ins)
+                return Done(*await self._settle(ins))
             case Action.pause | Action.resume:
                 refs = await self._with_invoice_lookup(ins.targets)
                 journey = await self._signal_first(refs, ins.action, _signal_arg(ins.action, ins.event_id, ins.created, ins.reason, ins.type))
-                return "processed", f"{ins.action.value}d {journey}" if journey else f"no journey for {', '.join(refs)}"
+                return Done("processed", f"{ins.action.value}d {journey}" if journey else f"no journey for {', '.join(refs)}")
             case Action.method_updated:
-                return await self._update_methods(ins)
+                return Done(*await self._update_methods(ins))
         raise AssertionError(f"unhandled action {ins.action}")
 
     async def _client(self) -> Client:
@@ -178,32 +203,40 @@ class WebhookIngest:
         except HTTPException as error:
             raise Retryable(str(error.detail)) from error
 
-    async def _start(self, ins: Instruction) -> tuple[str, str]:
+    async def _start(self, ins: Instruction) -> Done:
         payment = ins.payment
         assert payment is not None
         if ins.invoice_unknown and self.stripe is not None:
             invoice = await self._invoice_of_intent(payment.id)
             if invoice:
-                return "ignored", f"PaymentIntent of invoice {invoice}: its invoice.payment_failed drives the journey"
+                return Done("ignored", f"PaymentIntent of invoice {invoice}: its invoice.payment_failed drives the journey")
         try:
             settled, version = await run_in_threadpool(self._before_start, payment.id, ins.created)
         except LookupError as error:
             raise Retryable(str(error)) from error
         if settled:
-            return "ignored", f"{payment.id} was already settled by {settled['type']} ({settled['event_id']}); no journey started"
+            return Done("ignored", f"{payment.id} was already settled by {settled['type']} ({settled['event_id']}); no journey started")
         client = await self._client()
         try:
             await start_journey(client, payment, policy_version=version, event_id=ins.event_id, task_queue=self.task_queue)
         except WorkflowAlreadyStartedError:
-            return "processed", f"journey {payment.journey_id} already ended; a late failure event does not reopen it"
+            return Done("processed", f"journey {payment.journey_id} already ended; a late failure event does not reopen it")
         except RPCError as error:
             raise Retryable(f"Temporal did not start {payment.journey_id}: {error.message}") from error
         # Paid (or voided) while we were starting: whichever of the two writes came second sees the other.
-        settled = await run_in_threadpool(_settled, self.store, payment.id, ins.created)
-        if settled:
-            arg = _signal_arg(Action(settled["action"]), settled["event_id"], datetime.fromisoformat(settled["created"]), settled["reason"], settled["type"])
-            await self._signal_first((payment.id,), Action(settled["action"]), arg)
-        return "processed", f"started {payment.journey_id}"
+        settled = await run_in_threadpool(self._after_start, payment.id, ins.created, ins.event_id)
+        if settled is None:
+            return Done("processed", f"started {payment.journey_id}", marked=True)
+        arg = _signal_arg(Action(settled["action"]), settled["event_id"], datetime.fromisoformat(settled["created"]), settled["reason"], settled["type"])
+        await self._signal_first((payment.id,), Action(settled["action"]), arg)
+        return Done("processed", f"started {payment.journey_id}; settled meanwhile by {settled['event_id']}")
+
+    def _after_start(self, reference: str, failed_at: datetime, event_id: str) -> dict[str, Any] | None:
+        """The settling event that arrived meanwhile; without one, the inbox row is marked (one trip)."""
+        settled = _settled(self.store, reference, failed_at)
+        if settled is None:
+            self._mark(event_id, "processed", None)
+        return settled
 
     def _before_start(self, reference: str, failed_at: datetime) -> tuple[dict[str, Any] | None, str]:
         """(the settling event, if any; the policy version new journeys start on) — one trip to the store."""
@@ -221,7 +254,7 @@ class WebhookIngest:
         # No journey (yet): remember, so a failure event delivered late starts none — then look
         # again, in case a journey started between the signal and the marker.
         for ref in ins.targets:
-            await run_in_threadpool(_remember_settled, self.store, ref, ins)
+            await run_in_threadpool(_remember_settled, self.store, ref, ins, self._writing)
         journey = await self._signal_first(ins.targets, ins.action, arg)
         if journey:
             return "processed", f"signalled {journey}"
@@ -341,23 +374,24 @@ class WebhookIngest:
         while True:
             ins = await queue.get()
             try:
-                status, detail = await self._deliver(ins)
-                await run_in_threadpool(self.store.mark_webhook_event, ins.event_id, status, detail if status != "processed" else None)
-                logger.info("event %s (%s): %s", ins.event_id, ins.type, detail)
+                done = await self._deliver(ins)
+                if not done.marked:
+                    await run_in_threadpool(self._mark, ins.event_id, done.status, done.note)
+                logger.info("event %s (%s): %s", ins.event_id, ins.type, done.detail)
             except Exception:  # a bug must not stop the dispatcher; the row stays for the sweeper
                 logger.exception("event %s (%s) could not be delivered", ins.event_id, ins.type)
             finally:
                 self._in_flight.discard(ins.event_id)
                 queue.task_done()
 
-    async def _deliver(self, ins: Instruction) -> tuple[str, str]:
+    async def _deliver(self, ins: Instruction) -> Done:
         delay = 2.0
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):
             try:
                 return await self.carry_out(ins)
             except Retryable as error:
                 if attempt == DELIVERY_ATTEMPTS:
-                    return "failed", f"gave up after {attempt} attempts: {error}"
+                    return Done("failed", f"gave up after {attempt} attempts: {error}")
                 logger.warning("event %s: %s; retrying in %.0f s", ins.event_id, error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
@@ -476,7 +510,7 @@ def _settled(store: Any, reference: str, failed_at: datetime) -> dict[str, Any] 
     return payload
 
 
-def _remember_settled(store: Any, reference: str, ins: Instruction) -> None:
+def _remember_settled(store: Any, reference: str, ins: Instruction, writing: Any) -> None:
     payload = {
         "event_id": ins.event_id,
         "type": ins.type,
@@ -485,8 +519,9 @@ def _remember_settled(store: Any, reference: str, ins: Instruction) -> None:
         "reason": ins.reason,
     }
     marker = _marker_id(reference)
-    if store.record_webhook_event(event_id=marker, source=MARKER_SOURCE, type=f"marker.{ins.type}", payload=payload):
-        store.mark_webhook_event(marker, "processed")
+    with writing:
+        if store.record_webhook_event(event_id=marker, source=MARKER_SOURCE, type=f"marker.{ins.type}", payload=payload):
+            store.mark_webhook_event(marker, "processed")
 
 
 def _stale_events(store: Any, before: datetime) -> list[tuple[str, dict[str, Any]]]:

@@ -390,3 +390,19 @@ def test_shipped_policies_end_every_journey_within_their_window(policy_file):
     state, _ = offline.play(policy, payment, offline.decline_like_initial(payment))
     assert state.stage is Stage.handed_off
     assert state.ended_at - payment.failed_at <= policy.window
+
+
+def test_a_refused_charge_keeps_its_attempt_number_and_spends_no_budget():
+    payment = failure(payment_methods=[{"id": "pm_visa", "brand": "visa", "default": True}])
+    state = engine.start_journey(DEFAULT, payment)
+    state.steps_done["notice"] = "done"
+    first = engine.next_decision(DEFAULT, state, payment.failed_at)
+    engine.apply_charge_refused(DEFAULT, state, first, "No such payment_method", first.at)
+    assert state.attempts[-1].status == "error" and state.steps_done[first.step_id] == "done"
+    following = engine.next_decision(DEFAULT, state, first.at)
+    while following.kind != "attempt":
+        offline.apply(DEFAULT, state, following, following.at, offline.decline_like_initial(payment), offline.deliver_all)
+        following = engine.next_decision(DEFAULT, state, following.at)
+    assert following.attempt_number == first.attempt_number + 1, "an idempotency key is never reused"
+    history = engine._card_history(state)
+    assert all(h.at != first.at for h in history), "a refused request never reached the network"

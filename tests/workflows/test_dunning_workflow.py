@@ -234,3 +234,18 @@ async def test_updates_are_rejected_once_the_journey_is_recovered(time_env, harn
         final: JourneyStatus = await handle.result()
     assert final.stage is Stage.recovered
     assert not any(a.payment_method_id == "pm_too_late" for a in final.attempts)
+
+
+async def test_a_long_gateway_outage_delays_the_attempt_then_reads_it_back(time_env, harness):
+    now = await now_of(time_env)
+    harness.gateway.fail_next(10_000, kind="server_error")  # longer than the charge deadline
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="outage"))
+        await time_env.sleep(timedelta(days=2))
+        harness.gateway.fail_next(0)
+        status: JourneyStatus = await handle.result()
+    first = next(a for a in status.attempts if a.number == 1)
+    assert first.status == "declined", "read back after the deadline: nothing was charged"
+    assert any(e.kind == "reconciled" and "attempt 1" in e.text for e in status.timeline)
+    assert harness.gateway.count_charges(handle.id) == len([a for a in status.attempts if a.number > 0]) - 1
+    assert status.stage is Stage.handed_off

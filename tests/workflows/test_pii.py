@@ -107,7 +107,7 @@ async def run_journey(harness, invoice: str) -> str:
     """Until both messages went out and a retry ran, then cancel; returns the journey id."""
     async with harness.worker():
         handle = await harness.start(scenario(invoice))
-        for _ in range(150):
+        for _ in range(450):  # up to 90 s: generous for a loaded 2-core CI machine
             status = await handle.query("status", result_type=JourneyStatus)
             if status and len(status.messages) >= 2 and any(a.number > 0 for a in status.attempts):
                 break
