@@ -61,6 +61,14 @@ audit: install ## pip-audit every installed pinned dependency; fails if any coul
 	     echo "audit: reach a vulnerability service (PyPI's per-release JSON, or OSV with PIP_AUDIT_ARGS='-s osv')"; \
 	     echo "audit: and could not check every dependency. Run it where pypi.org or api.osv.dev is reachable."; exit 1; }
 
+# Chaos suite (chaos/run.py): N journeys through a real stack on a temporary data dir while workers
+# are killed and the Temporal server restarts; exits 1 on a lost journey, double charge or message.
+chaos: N ?= 30
+CHAOS_ARGS ?=
+.PHONY: chaos
+chaos: install ## Chaos suite: N journeys (make chaos N=30), worker kills, server restart, checks
+	$(BIN)/python -m chaos --journeys $(N) $(CHAOS_ARGS)
+
 clean: ## Remove build and test caches (keeps .venv and data)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis

@@ -10,9 +10,11 @@ events — every one delivered 3 times, some out of order — while a controller
 1. waits for charges to reach the gateway, makes the next few charge calls lose their answer
    after charging (sandbox `fail_next(n, "timeout")`: the charge exists, the activity fails and
    is retried 5 s later), and kills a worker with SIGKILL while those charge activities are
-   pending; then starts it again;
-2. stops the Temporal server (SIGTERM) and starts it on the same SQLite file;
-3. repeats for `--kills` / `--restarts` rounds, taking the workers in turn.
+   pending (and whatever else it was running);
+2. while that worker is down, stops the Temporal server (SIGTERM) and starts it again on the
+   same SQLite file, with webhooks and the other worker's activities in flight;
+3. starts the killed worker again, and repeats for `--kills` / `--restarts` rounds, taking the
+   workers in turn.
 
 A worker killed in the middle of an activity leaves that attempt to its start-to-close timeout
 (2 minutes in the workflow): by default the run waits it out. `--fail-orphaned-activities` fails
@@ -98,6 +100,7 @@ class Run:
         self.say = say
         self.began = time.monotonic()
         self.stack: ProcessStack | None = None
+        self.sweeps: list[asyncio.Task] = []
 
     def elapsed(self) -> float:
         return time.monotonic() - self.began
@@ -121,62 +124,84 @@ class Run:
         assert stack is not None and stack.client is not None
         sandbox = stack.sandbox_path
         for round_ in range(max(self.o.kills, self.o.restarts)):
+            killed: int | None = None
             if round_ < self.o.kills:
-                baseline = observe.charge_count(sandbox)
-                if not await observe.wait_until(lambda: observe.charge_count(sandbox) > baseline, CHARGES_WAIT):
-                    report.chaos_problems.append(f"kill {round_ + 1}: no new charge reached the gateway within {CHARGES_WAIT:.0f} s; not killed")
-                    continue
-                lost = 0
-                if self.o.lost_responses:
-                    await asyncio.to_thread(gateway.fail_next, self.o.lost_responses, "timeout")
-                    await observe.wait_until(lambda: observe.faults_left(sandbox) == 0, FAULTS_WAIT)
-                    lost = self.o.lost_responses - observe.faults_left(sandbox)
-                    await asyncio.to_thread(gateway.fail_next, 0, "timeout")
-                index = round_ % len(stack.workers)
-                worker = stack.workers[index]
-                victim = identity(worker.pid)
-                pending = await observe.pending_activities(stack.client, journey_ids)
-                pid = stack.kill_worker(index)
-                kill = Kill(
-                    at=self.elapsed(),
-                    worker=worker.name,
-                    pid=pid,
-                    lost_answers=lost,
-                    charges_pending=sum(p.activity_type == observe.CHARGE_ACTIVITY for p in pending),
-                    started_on_victim=sum(p.started and p.worker == victim for p in pending),
-                )
-                report.kills.append(kill)
-                self.say(
-                    f"chaos: t={kill.at:5.1f}s kill -9 {worker.name} (pid {pid}): {lost} charge answers lost just before, "
-                    f"{kill.charges_pending} charge activities pending"
-                )
-                if self.o.fail_orphaned_activities:
-                    orphans = [p for p in await observe.pending_activities(stack.client, journey_ids) if p.started and p.worker == victim]
-                    kill.orphans_failed = await observe.fail_attempts(stack.client, orphans, f"worker {victim} was killed")
-                    if kill.orphans_failed:
-                        self.say(f"chaos: failed {kill.orphans_failed} attempt(s) the killed worker held (instead of their 2-minute timeout)")
-                await asyncio.sleep(WORKER_DOWN_FOR)
-                await stack.start_worker(index)
-                self.say(f"chaos: t={self.elapsed():5.1f}s {worker.name} is back (pid {worker.pid})")
+                killed = await self.kill(round_, report, gateway, journey_ids)
             if round_ < self.o.restarts:
-                at = self.elapsed()
-                stopped_at = datetime.now(UTC)
-                down = await stack.restart_temporal(down_for=SERVER_DOWN_FOR)
-                await stack.wait_for_workers()
-                restart = Restart(at=at, unreachable_for=down)
-                report.restarts.append(restart)
-                self.say(f"chaos: t={at:5.1f}s Temporal server restarted on the same SQLite file ({down:.1f} s unreachable)")
-                if self.o.fail_orphaned_activities:
-                    # Answers lost while the server was down leave attempts started before the stop
-                    # waiting for their timeout; give live workers time to report, then fail the rest.
-                    await asyncio.sleep(5.0)
-                    stale = [
-                        p for p in await observe.pending_activities(stack.client, journey_ids)
-                        if p.started and p.last_started is not None and p.last_started.replace(tzinfo=UTC) < stopped_at
-                    ]
-                    restart.orphans_failed = await observe.fail_attempts(stack.client, stale, "its answer was lost in a server restart")
-                    if restart.orphans_failed:
-                        self.say(f"chaos: failed {restart.orphans_failed} attempt(s) whose answer the restart lost")
+                # While the killed worker is still down: the survivor and the HTTP service lose the
+                # server mid-run, with webhooks and charges in flight.
+                await self.restart(report, journey_ids)
+            if killed is not None:
+                worker = stack.workers[killed]
+                await stack.start_worker(killed)
+                self.say(f"chaos: t={self.elapsed():5.1f}s {worker.name} is back (pid {worker.pid})")
+
+    async def kill(self, round_: int, report: Report, gateway: SandboxGateway, journey_ids: list[str]) -> int | None:
+        """Kill a worker while charge activities are in flight; the index of the killed worker."""
+        stack = self.stack
+        assert stack is not None and stack.client is not None
+        sandbox = stack.sandbox_path
+        baseline = observe.charge_count(sandbox)
+        if not await observe.wait_until(lambda: observe.charge_count(sandbox) > baseline, CHARGES_WAIT):
+            report.chaos_problems.append(f"kill {round_ + 1}: no new charge reached the gateway within {CHARGES_WAIT:.0f} s; not killed")
+            return None
+        lost = 0
+        if self.o.lost_responses:
+            await asyncio.to_thread(gateway.fail_next, self.o.lost_responses, "timeout")
+            await observe.wait_until(lambda: observe.faults_left(sandbox) == 0, FAULTS_WAIT)
+            lost = self.o.lost_responses - observe.faults_left(sandbox)
+            await asyncio.to_thread(gateway.fail_next, 0, "timeout")
+        index = round_ % len(stack.workers)
+        worker = stack.workers[index]
+        victim = identity(worker.pid)
+        pid = stack.kill_worker(index)
+        at = self.elapsed()
+        # After the kill nothing new starts on the victim: what is started there now was in flight.
+        pending = await observe.pending_activities(stack.client, journey_ids)
+        orphans = [p for p in pending if p.started and p.worker == victim]
+        kill = Kill(
+            at=at,
+            worker=worker.name,
+            pid=pid,
+            lost_answers=lost,
+            charges_pending=sum(p.activity_type == observe.CHARGE_ACTIVITY for p in pending),
+            started_on_victim=len(orphans),
+        )
+        report.kills.append(kill)
+        self.say(
+            f"chaos: t={kill.at:5.1f}s kill -9 {worker.name} (pid {pid}): {lost} charge answers lost just before; "
+            f"{kill.charges_pending} charge activities pending, {len(orphans)} activities were running on it"
+        )
+        if self.o.fail_orphaned_activities and orphans:
+            kill.orphans_failed = await observe.fail_attempts(stack.client, orphans, f"worker {victim} was killed")
+            self.say(f"chaos: failed {kill.orphans_failed} attempt(s) the killed worker held (instead of their 2-minute timeout)")
+        await asyncio.sleep(WORKER_DOWN_FOR)
+        return index
+
+    async def restart(self, report: Report, journey_ids: list[str]) -> None:
+        stack = self.stack
+        assert stack is not None
+        at = self.elapsed()
+        stopped_at = datetime.now(UTC)
+        down = await stack.restart_temporal(down_for=SERVER_DOWN_FOR)
+        restart = Restart(at=at, unreachable_for=down)
+        report.restarts.append(restart)
+        self.say(f"chaos: t={at:5.1f}s Temporal server restarted on the same SQLite file ({down:.1f} s unreachable)")
+        if self.o.fail_orphaned_activities:
+            self.sweeps.append(asyncio.create_task(self.fail_stale(restart, stopped_at, journey_ids)))
+
+    async def fail_stale(self, restart: Restart, stopped_at: datetime, journey_ids: list[str]) -> None:
+        """Answers lost while the server was down leave attempts started before the stop waiting
+        for their timeout: give live workers time to report, then fail those still started."""
+        assert self.stack is not None and self.stack.client is not None
+        await asyncio.sleep(5.0)
+        stale = [
+            p for p in await observe.pending_activities(self.stack.client, journey_ids)
+            if p.started and p.last_started is not None and p.last_started.replace(tzinfo=UTC) < stopped_at
+        ]
+        restart.orphans_failed = await observe.fail_attempts(self.stack.client, stale, "its answer was lost in a server restart")
+        if restart.orphans_failed:
+            self.say(f"chaos: failed {restart.orphans_failed} attempt(s) whose answer the restart lost")
 
     # -- the whole run --------------------------------------------------------------------------
 
@@ -207,6 +232,7 @@ class Run:
             controller = asyncio.create_task(self.chaos(report, gateway, journey_ids))
             await players
             await controller
+            await asyncio.gather(*self.sweeps)
             self.say(f"chaos: t={self.elapsed():5.1f}s every event delivered; waiting for the journeys to end")
             timeout = o.timeout if o.timeout is not None else (
                 ladder_seconds(policy) + (30.0 if o.fail_orphaned_activities else ACTIVITY_START_TO_CLOSE + 40.0) + 30.0

@@ -33,7 +33,9 @@ from dunning.models import journey_id_for
 from dunning.policy import Action, Policy, load_policy
 from dunning.scenarios import Scenario
 
-KINDS = ("retry-1", "handoff", "paid", "card-update", "retry-2", "paid-first", "retry-3", "card-first")
+# Short journeys first, the longest (hand-off: charged on every retry step) last, so that charges
+# keep reaching the gateway until late in a run: worker kills need charges in flight.
+KINDS = ("retry-1", "paid-first", "card-first", "retry-2", "paid", "card-update", "retry-3", "handoff")
 DECLINE = {"decline_code": "do_not_honor"}  # generic: retried on every ladder step
 DELIVERIES_PER_EVENT = 3
 
@@ -221,7 +223,8 @@ def build_case(index: int, kind: str, run: str, start: datetime, policy: Policy)
     retries = retry_offsets(policy)
     first_retry = retries[0]
     currency, amount = (("usd", 1900 + 100 * (index % 7)), ("eur", 4900 + 50 * (index % 5)))[index % 2]
-    failed_at = start - timedelta(seconds=1) if kind == "paid-first" else start
+    # Stripe's `created` is whole seconds, and the journey's ladder starts from it.
+    failed_at = (start - timedelta(seconds=1) if kind == "paid-first" else start).replace(microsecond=0)
     case = Case(index=index, kind=kind, run=run, start=start, failed_at=failed_at, amount=amount, currency=currency)
     failed = _event(case.failure_event_id, "invoice.payment_failed", failed_at, _invoice(case, "open"))
     paid = _event(f"evt_chaos_{run}_{index:04d}_paid", "invoice.paid", start + timedelta(seconds=first_retry * 2), _invoice(case, "paid"))
@@ -289,9 +292,12 @@ def body(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
 
 
-_DEDUPE = re.compile(r"^key: (\S+)\s")
+# activities/outbox.py logs `outbox <channel>: <dedupe key> to <recipient>` once per message it is
+# handed. A log record is one write, so the line stays whole even when two activity threads print
+# their message blocks at the same moment (those blocks can interleave).
+_OUTBOX_LOG = re.compile(r"activities\.outbox: outbox \w+: (\S+) to ")
 
 
 def outbox_keys(log_text: str) -> list[str]:
-    """Dedupe keys of the messages the outbox printed (one block per message handed to it)."""
-    return [m.group(1) for line in log_text.splitlines() if (m := _DEDUPE.match(line))]
+    """Dedupe keys of the messages the outbox sent, one per sending, from a worker's output."""
+    return [m.group(1) for line in log_text.splitlines() if (m := _OUTBOX_LOG.search(line))]

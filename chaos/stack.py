@@ -26,13 +26,10 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from dunning.codec import new_key_line
-from dunning.config import TASK_QUEUE, Settings
+from dunning.config import Settings
 from dunning.policies import publish_configured_policy
 from dunning.stack import ensure_search_attributes, temporal_dev_command
 from dunning.store import Store
@@ -45,6 +42,7 @@ WEBHOOK_SECRET_PREFIX = "whsec_chaos_"
 TEMPORAL_READY_TIMEOUT = 60.0
 PROCESS_READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+READY_MARKER = "worker polling task queue"  # worker.py logs it once its Worker runs
 # Variables a child must not inherit: provider keys would send real charges and messages.
 _INHERITED_PREFIXES = ("STRIPE_", "SENDGRID_", "TWILIO_", "TEMPORAL_", "DUNNING_")
 _INHERITED_NAMES = ("DATABASE_URL", "DATABASE_URL_FILE")
@@ -71,23 +69,29 @@ def identity(pid: int) -> str:
 
 
 def peak_rss_bytes(pid: int) -> int | None:
-    """Peak resident set size of a live process: psutil when installed, else /proc VmHWM."""
-    try:
-        import psutil  # optional
-
-        info = psutil.Process(pid).memory_full_info()
-        peak = getattr(info, "peak_wset", None) or None  # Windows only; Linux reads VmHWM below
-        if peak:
-            return int(peak)
-    except Exception:  # not installed, or the process is gone
-        pass
+    """Peak resident set size of a live process: Linux keeps it as VmHWM in /proc/<pid>/status.
+    Elsewhere, psutil's current RSS when psutil is installed (callers sample it and keep the max)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # optional; not a dependency of the project
+
+        return int(psutil.Process(pid).memory_info().rss)
+    except Exception:  # not installed, or the process is gone
         return None
-    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a live process used so far (/proc/<pid>/stat), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass
@@ -98,6 +102,7 @@ class Child:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    log_offset: int = 0  # where the current process's output begins in the log
     peak_rss: list[int] = field(default_factory=list)  # one entry per process this child had
 
     @property
@@ -112,6 +117,7 @@ class Child:
     def start(self) -> None:
         assert not self.alive, f"{self.name} is already running"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             log.write(f"=== {self.name} start {self.starts + 1} at {datetime.now().isoformat(timespec='seconds')} ===\n".encode())
             log.flush()
@@ -149,6 +155,14 @@ class Child:
             self.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             self.kill()
+
+    def output_since_start(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                return log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -277,7 +291,7 @@ class ProcessStack:
     async def stop_temporal(self) -> float:
         """SIGTERM the server (SIGKILL after STOP_TIMEOUT); seconds it took to exit."""
         began = time.monotonic()
-        self.temporal.stop(signal.SIGTERM)
+        await asyncio.to_thread(self.temporal.stop, signal.SIGTERM)
         return time.monotonic() - began
 
     async def restart_temporal(self, down_for: float = 0.0) -> float:
@@ -318,41 +332,18 @@ class ProcessStack:
                 await asyncio.sleep(0.3)
         raise StackFailed(f"the HTTP service did not answer within {PROCESS_READY_TIMEOUT:.0f} s\n{self.http.tail()}")
 
-    async def pollers(self) -> set[str]:
-        """Identities polling the dunning task queue for both workflow and activity tasks."""
-        assert self.client is not None
-        found: list[set[str]] = []
-        for kind in (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY):
-            answer = await self.client.workflow_service.describe_task_queue(
-                DescribeTaskQueueRequest(
-                    namespace=self.settings.temporal_namespace,
-                    task_queue=TaskQueue(name=TASK_QUEUE),
-                    task_queue_type=kind,
-                )
-            )
-            found.append({poller.identity for poller in answer.pollers})
-        return found[0] & found[1]
-
     async def wait_for_workers(self, indexes: list[int] | None = None) -> None:
+        """Until each worker (its current process) logged that it polls the task queue."""
         wanted = [self.workers[i] for i in (indexes if indexes is not None else range(len(self.workers)))]
         deadline = time.monotonic() + PROCESS_READY_TIMEOUT
-        seen: set[str] = set()
-        last: BaseException | None = None
         while time.monotonic() < deadline:
             for worker in wanted:
                 self._check_alive(worker)
-            try:
-                seen = await asyncio.wait_for(self.pollers(), 5)
-            except Exception as error:  # the server is restarting
-                last, seen = error, set()
-            if all(identity(worker.pid) in seen for worker in wanted):
+            if all(READY_MARKER in worker.output_since_start() for worker in wanted):
                 return
-            await asyncio.sleep(0.3)
-        names = ", ".join(f"{w.name} ({identity(w.pid)})" for w in wanted)
-        raise StackFailed(
-            f"{names} did not poll within {PROCESS_READY_TIMEOUT:.0f} s (pollers seen: {sorted(seen)}; last error: {last!r})\n"
-            + "\n".join(w.tail() for w in wanted)
-        )
+            await asyncio.sleep(0.2)
+        names = ", ".join(w.name for w in wanted)
+        raise StackFailed(f"{names} did not start polling within {PROCESS_READY_TIMEOUT:.0f} s\n" + "\n".join(w.tail() for w in wanted))
 
     def worker_peak_rss(self) -> list[int | None]:
         """Per worker slot: the largest peak RSS of its processes so far (live ones read now)."""

@@ -40,11 +40,9 @@ def event(kind: str, obj: dict[str, Any], *, event_id: str | None = None, create
     }
 
 
-# No phone or country by default: a worker derives the customer's zone from them inside the workflow
-# sandbox (dunning/timing.py), where phonenumbers' lazy metadata import fails and leaves its lock held.
 def invoice(
-    invoice_id: str, customer: str, *, amount: int = 2500, status: str = "open", phone: str | None = None,
-    country: str | None = None, **fields: Any,
+    invoice_id: str, customer: str, *, amount: int = 2500, status: str = "open", phone: str | None = "+14155550100",
+    country: str | None = "US", **fields: Any,
 ) -> dict[str, Any]:
     return {
         "id": invoice_id,
@@ -71,7 +69,8 @@ def invoice(
 
 def intent(
     intent_id: str, customer: str | None, *, status: str = "requires_payment_method", amount: int = 4200,
-    failed_method: str | None = None, phone: str | None = None, country: str | None = None, **fields: Any,
+    failed_method: str | None = None, phone: str | None = "+33142685300", country: str | None = "FR",
+    card_country: str | None = None, **fields: Any,
 ) -> dict[str, Any]:
     return {
         "id": intent_id,
@@ -95,7 +94,7 @@ def intent(
                 "id": failed_method or f"pm_{intent_id}",
                 "object": "payment_method",
                 "type": "card",
-                "card": {"brand": "visa", "country": country, "exp_month": 4, "exp_year": 2031, "fingerprint": "fpV", "funding": "debit"},
+                "card": {"brand": "visa", "country": card_country, "exp_month": 4, "exp_year": 2031, "fingerprint": "fpV", "funding": "debit"},
                 "billing_details": {"name": "Grace Hopper", "email": None, "phone": phone, "address": {"country": country}},
             },
         }
@@ -105,6 +104,8 @@ def intent(
     }
 
 
+# Cards without an issuer country unless a test asks: a worker builds that country's bank-holiday
+# calendar inside the workflow sandbox, where `holidays` (gettext -> locale.normalize) is refused.
 def card(pm_id: str, customer: str, *, brand: str = "mastercard", fingerprint: str | None = None, country: str | None = None) -> dict[str, Any]:
     return {
         "id": pm_id,

@@ -136,7 +136,7 @@ class DunningWorkflow:
         state, policy = self._state, self._policy
         while True:
             await self._drain_inbox()
-            decision = engine.next_decision(policy, state, workflow.now())
+            decision = _plan(policy, state)
             self._decision = decision
             await self._publish()
             if decision.kind == "finish":
@@ -304,7 +304,7 @@ class DunningWorkflow:
 
     async def _message(self, decision: Decision) -> None:
         state, policy = self._state, self._policy
-        upcoming = engine.next_decision(policy, _without_step(state, decision), workflow.now())
+        upcoming = _plan(policy, _without_step(state, decision))
         try:
             result = await workflow.execute_activity(
                 "messaging.send",
@@ -374,7 +374,7 @@ class DunningWorkflow:
     def _next_action(self) -> NextAction | None:
         if self._state is None or self._policy is None or self._state.finished:
             return None
-        return NextAction.of(engine.next_decision(self._policy, self._state, workflow.now()))
+        return NextAction.of(_plan(self._policy, self._state))
 
     async def _publish(self) -> None:
         """Keep search attributes and the store's reporting projection current."""
@@ -401,6 +401,14 @@ class DunningWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=STORE_RETRY,
         )
+
+
+def _plan(policy: Policy, state: JourneyState) -> Decision:
+    """The engine's next decision. It is pure, but the `holidays` calendars it consults read the
+    locale through gettext, which the sandbox forbids; lifting the restrictions for this pure
+    call keeps determinism and lets bank-debit and payday planning use real calendars."""
+    with workflow.unsafe.sandbox_unrestricted():
+        return engine.next_decision(policy, state, workflow.now())
 
 
 def _cause(error: ActivityError) -> str:

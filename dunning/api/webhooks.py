@@ -9,7 +9,8 @@ Temporal server to persist them, so they happen before the answer; no worker is 
 (and disputes, whose invoice may need a Stripe lookup) are answered as soon as they are recorded
 and handed to an in-process dispatcher, which finds the customer's open journeys through
 visibility and delivers the update with the event id as update id. The inbox row stays
-`received` until then; a sweeper re-runs rows left `received` by a crash. See docs/webhooks.md.
+`received` until then; a sweeper re-runs rows a crash left `received`, and `failed` ones.
+See docs/webhooks.md.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 import stripe
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateStage
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dunning import search_attributes
+from dunning.collections import record_recall
 from dunning.config import TASK_QUEUE
 from dunning.journey import (
     SIGNAL_CANCEL,
@@ -73,10 +75,11 @@ MARKER_SOURCE = "dunning"  # inbox rows the engine writes itself: `settled:<paym
 DISPATCH_WORKERS = 4
 STALE_AFTER = timedelta(seconds=60)  # a `received` row older than this lost its process
 SWEEP_EVERY_S = 30.0
+RETRY_HORIZON = timedelta(days=3)  # as long as Stripe itself redelivers
 VISIBILITY_LAG_S = 2.0  # visibility is eventually consistent: look again once after this
 UPDATE_ACCEPT_TIMEOUT_S = 30.0
 POLICY_CACHE_S = 1.0  # an activation reaches new journeys within a second; saves a read per event
-DELIVERY_ATTEMPTS = 8  # backoff 2 s, 4 s, … capped at 60 s: about five minutes in all
+DELIVERY_ATTEMPTS = 8  # backoff 2 s, 4 s, … capped at 60 s: several minutes in all
 _ACTION_SIGNALS = {
     Action.succeeded: SIGNAL_PAYMENT_SUCCEEDED,
     Action.pause: SIGNAL_PAUSE,
@@ -95,6 +98,9 @@ class Done:
     def note(self) -> str | None:
         """What the inbox keeps: why an event was ignored or failed (nothing for processed ones)."""
         return None if self.status == "processed" else self.detail
+
+
+Prepared = tuple[dict[str, Any] | None, str]  # (the settling event, if any; the policy version)
 
 
 class Retryable(Exception):
@@ -146,25 +152,34 @@ class WebhookIngest:
             event_id, kind, _ = event_header(event)
         except UnusableEvent as error:
             raise HTTPException(400, f"not a Stripe event: {error}") from error
-        status = await run_in_threadpool(self._admit, event_id, kind, event)
+        instruction = interpret(event)
+        status, prepared = await run_in_threadpool(self._admit, event_id, kind, event, instruction)
         if status is not None and status != "failed":  # processed, ignored, or being processed right now
             return _answer(event_id, "duplicate", f"already received ({status})")
-        return await self.handle(event)
+        return await self.handle(event, instruction, prepared)
 
-    def _admit(self, event_id: str, kind: str, event: dict[str, Any]) -> str | None:
-        """Record the event; None when it is new, else the status of the earlier delivery."""
+    def _admit(self, event_id: str, kind: str, event: dict[str, Any], ins: Instruction) -> tuple[str | None, Prepared | None]:
+        """Record the event: (None, what a start needs) when it is new, else (the earlier delivery's status, None).
+
+        One trip to a worker thread for what every failure event needs before starting."""
         with self._writing:
-            if self.store.record_webhook_event(event_id=event_id, source=SOURCE, type=kind, payload=event):
-                return None
-        return _inbox_status(self.store, event_id)
+            new = self.store.record_webhook_event(event_id=event_id, source=SOURCE, type=kind, payload=event)
+        if not new:
+            return _inbox_status(self.store, event_id), None
+        if ins.action is not Action.start or ins.ignored or ins.payment is None or ins.invoice_unknown:
+            return None, None
+        try:
+            return None, self._before_start(ins.payment.id, ins.created)
+        except LookupError:  # no active policy: _start says so
+            return None, None
 
     def _mark(self, event_id: str, status: str, detail: str | None) -> None:
         with self._writing:
             self.store.mark_webhook_event(event_id, status, detail)
 
-    async def handle(self, event: dict[str, Any]) -> JSONResponse:
+    async def handle(self, event: dict[str, Any], instruction: Instruction | None = None, prepared: Prepared | None = None) -> JSONResponse:
         """Act on a recorded event (a new delivery, a redelivery after a failure, or the sweeper)."""
-        instruction = interpret(event)
+        instruction = instruction or interpret(event)
         if instruction.ignored:
             await run_in_threadpool(self._mark, instruction.event_id, "ignored", instruction.ignored)
             return _answer(instruction.event_id, "ignored", instruction.ignored)
@@ -172,7 +187,7 @@ class WebhookIngest:
             self.enqueue(instruction)
             return _answer(instruction.event_id, "accepted", "delivered in the background")
         try:
-            done = await self.carry_out(instruction)
+            done = await self.carry_out(instruction, prepared)
         except Retryable as error:
             await run_in_threadpool(self._mark, instruction.event_id, "failed", str(error))
             return JSONResponse({"event_id": instruction.event_id, "status": "failed", "detail": str(error)}, status_code=503)
@@ -182,11 +197,11 @@ class WebhookIngest:
 
     # -- carrying out -------------------------------------------------------------------------------
 
-    async def carry_out(self, ins: Instruction) -> Done:
+    async def carry_out(self, ins: Instruction, prepared: Prepared | None = None) -> Done:
         """Raises Retryable when Temporal (or Stripe) cannot be reached."""
         match ins.action:
             case Action.start:
-                return await self._start(ins)
+                return await self._start(ins, prepared)
             case Action.succeeded | Action.cancel:
                 return Done(*await self._settle(ins))
             case Action.pause | Action.resume:
@@ -203,7 +218,7 @@ class WebhookIngest:
         except HTTPException as error:
             raise Retryable(str(error.detail)) from error
 
-    async def _start(self, ins: Instruction) -> Done:
+    async def _start(self, ins: Instruction, prepared: Prepared | None = None) -> Done:
         payment = ins.payment
         assert payment is not None
         if ins.invoice_unknown and self.stripe is not None:
@@ -211,7 +226,7 @@ class WebhookIngest:
             if invoice:
                 return Done("ignored", f"PaymentIntent of invoice {invoice}: its invoice.payment_failed drives the journey")
         try:
-            settled, version = await run_in_threadpool(self._before_start, payment.id, ins.created)
+            settled, version = prepared or await run_in_threadpool(self._before_start, payment.id, ins.created)
         except LookupError as error:
             raise Retryable(str(error)) from error
         if settled:
@@ -238,7 +253,7 @@ class WebhookIngest:
             self._mark(event_id, "processed", None)
         return settled
 
-    def _before_start(self, reference: str, failed_at: datetime) -> tuple[dict[str, Any] | None, str]:
+    def _before_start(self, reference: str, failed_at: datetime) -> Prepared:
         """(the settling event, if any; the policy version new journeys start on) — one trip to the store."""
         settled = _settled(self.store, reference, failed_at)
         now = time.monotonic()
@@ -258,7 +273,15 @@ class WebhookIngest:
         journey = await self._signal_first(ins.targets, ins.action, arg)
         if journey:
             return "processed", f"signalled {journey}"
+        if ins.action is Action.succeeded:  # paid after the hand-off: the partner must stop collecting
+            recalled = [ref for ref in ins.targets if await run_in_threadpool(self._recall, ref, ins)]
+            if recalled:
+                return "processed", f"recalled {', '.join(recalled)} from the collection partner"
         return "processed", f"no journey for {', '.join(ins.targets)}; remembered"
+
+    def _recall(self, reference: str, ins: Instruction) -> bool:
+        with self._writing:
+            return record_recall(self.store, reference, ins.created, ins.type)
 
     async def _signal_first(self, refs: tuple[str, ...], action: Action, arg: Any) -> str | None:
         """Signal the first of these payments' journeys that is running; its id, or None."""
@@ -345,7 +368,11 @@ class WebhookIngest:
             _raise_if_transient(error, f"finding the invoice of {intent_id}")
             logger.warning("invoice of %s: %s", intent_id, error)
             return None
-        return next((item.get("invoice") for item in listed.data if item.get("invoice")), None)
+        for item in listed.data:
+            invoice = item.to_dict().get("invoice")  # an id, or the expanded invoice
+            if invoice:
+                return invoice if isinstance(invoice, str) else invoice.get("id")
+        return None
 
     async def _with_invoice_lookup(self, refs: tuple[str, ...]) -> tuple[str, ...]:
         found = [await self._invoice_of_intent(ref) for ref in refs if ref.startswith("pi_")]
@@ -406,7 +433,7 @@ class WebhookIngest:
             await asyncio.sleep(SWEEP_EVERY_S)
 
     async def sweep_once(self, older_than: timedelta = STALE_AFTER) -> int:
-        """Re-run inbox rows left `received` (a crash between recording and acting); how many."""
+        """Act again on inbox rows left `received` by a crash, or `failed`; how many."""
         rows = await run_in_threadpool(_stale_events, self.store, datetime.now(UTC) - older_than)
         count = 0
         for event_id, payload in rows:
@@ -496,15 +523,20 @@ def _marker_id(reference: str) -> str:
     return f"settled:{reference}"
 
 
+# Built once: these run on every event.
+_STATUS = select(WebhookEvent.status).where(WebhookEvent.event_id == bindparam("event_id"))
+_PAYLOAD = select(WebhookEvent.payload).where(WebhookEvent.event_id == bindparam("event_id"))
+
+
 def _inbox_status(store: Any, event_id: str) -> str | None:
     with store.engine.connect() as conn:
-        return conn.scalar(select(WebhookEvent.status).where(WebhookEvent.event_id == event_id))
+        return conn.scalar(_STATUS, {"event_id": event_id})
 
 
 def _settled(store: Any, reference: str, failed_at: datetime) -> dict[str, Any] | None:
     """The settling event remembered for this payment, if it is not older than the failure."""
     with store.engine.connect() as conn:  # Core, not the ORM: this runs twice per failure event
-        payload = conn.scalar(select(WebhookEvent.payload).where(WebhookEvent.event_id == _marker_id(reference)))
+        payload = conn.scalar(_PAYLOAD, {"event_id": _marker_id(reference)})
     if payload is None or datetime.fromisoformat(payload["created"]) < failed_at:
         return None
     return payload
@@ -525,10 +557,17 @@ def _remember_settled(store: Any, reference: str, ins: Instruction, writing: Any
 
 
 def _stale_events(store: Any, before: datetime) -> list[tuple[str, dict[str, Any]]]:
+    """Rows a crash left `received`, and `failed` ones still within Stripe's redelivery horizon
+    (a redelivery answered `duplicate` while the first was in flight will not come again)."""
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(WebhookEvent.event_id, WebhookEvent.payload)
-            .where(WebhookEvent.status == "received", WebhookEvent.source == SOURCE, WebhookEvent.received_at < before)
+            .where(
+                WebhookEvent.source == SOURCE,
+                WebhookEvent.received_at < before,
+                (WebhookEvent.status == "received")
+                | ((WebhookEvent.status == "failed") & (WebhookEvent.received_at > before - RETRY_HORIZON)),
+            )
             .order_by(WebhookEvent.id)
             .limit(500)
         )

@@ -23,21 +23,13 @@ errors = Console(stderr=True)
 scenarios_app = typer.Typer(help="Make scenario files for `dunning simulate`.", no_args_is_help=True)
 
 
-def _check_plot_support() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        typer.echo("--plot needs matplotlib: .venv/bin/pip install matplotlib", err=True)
-        raise typer.Exit(2) from None
-
-
 def simulate(
     policy: Annotated[Path, typer.Option("--policy", help="policy YAML to evaluate")],
     scenarios: Annotated[Path, typer.Option("--scenarios", help="scenario file (JSON Lines, docs/scenarios.md)")],
     baseline: Annotated[Path | None, typer.Option("--baseline", help="policy YAML to compare against")] = None,
     events: Annotated[Path | None, typer.Option("--events", help="write every simulated event of --policy here (JSON Lines)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
-    plot: Annotated[Path | None, typer.Option("--plot", help="PNG of cumulative recovery by day (needs matplotlib)")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG of cumulative recovery by day")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="processes (default: every core)")] = None,
 ) -> None:
     """Run every scenario through the policy engine (no Temporal) and report what it recovers.
@@ -46,8 +38,6 @@ def simulate(
     """
     evaluated = load_policy_or_exit(policy)
     compared = load_policy_or_exit(baseline) if baseline is not None else None
-    if plot is not None:
-        _check_plot_support()
     if not scenarios.is_file():
         typer.echo(f"--scenarios: {scenarios} is not a readable file", err=True)
         raise typer.Exit(2)
@@ -79,8 +69,14 @@ def _run(scenarios: Path, evaluated, compared, sink, workers: int | None) -> Sim
         TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("journeys"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=errors, transient=True,
     )
-    with progress:
-        task = progress.add_task("simulate", total=None)
+    task = progress.add_task("simulate", total=None)
+
+    def started(total: int) -> None:
+        # shown once the worker processes exist: its refresh thread must not be forked
+        progress.update(task, total=total)
+        progress.start()
+
+    try:
         return simulate_file(
             scenarios,
             evaluated,
@@ -88,8 +84,10 @@ def _run(scenarios: Path, evaluated, compared, sink, workers: int | None) -> Sim
             events=(lambda line: sink.write(line + "\n")) if sink is not None else None,
             workers=workers,
             progress=lambda n: progress.advance(task, n),
-            on_start=lambda total: progress.update(task, total=total),
+            on_start=started,
         )
+    finally:
+        progress.stop()
 
 
 # --- the table ---------------------------------------------------------------------------------

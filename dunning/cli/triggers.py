@@ -94,6 +94,8 @@ async def _start_one(client: Client, candidate: Candidate, version: str, task_qu
 async def start_all(
     settings: Settings, candidates: list[Candidate], *, task_queue: str, progress: Progress | None = None
 ) -> list[Outcome]:
+    if not candidates:
+        return []
     version = _policy_version(settings)
     client = await _temporal(settings)
     gate = asyncio.Semaphore(START_CONCURRENCY)
@@ -222,7 +224,8 @@ def _invoice_of(client: stripe.StripeClient, intent: dict[str, Any]) -> str | No
         value = intent["invoice"]
         return value.get("id") if isinstance(value, dict) else value
     listed = client.v1.invoice_payments.list({"payment": {"type": "payment_intent", "payment_intent": intent["id"]}, "limit": 1})
-    return next((p.get("invoice") for p in listed.data if p.get("invoice")), None)
+    found = (p.to_dict().get("invoice") for p in listed.data)
+    return next((f.get("id") if isinstance(f, dict) else f for f in found if f), None)
 
 
 def intent_failed_at(intent: dict[str, Any]) -> datetime:

@@ -151,11 +151,14 @@ async def test_duplicate_failure_deliveries_start_one_journey_that_ends_recovere
         assert sorted(a.json()["status"] for a in answers) == ["duplicate", "processed"]
         handle = dev_env.client.get_workflow_handle("dunning-in_dup", result_type=JourneyStatus)
         status = await asyncio.wait_for(handle.result(), 30)
+        # Stripe's next failure event for the paid invoice (a new event id) does not reopen it:
+        late = await post_event(client, event("invoice.payment_failed", invoice("in_dup", "cus_dup"), created=failure["created"] - 1))
+        assert late.json() == {**late.json(), "status": "processed", "detail": "journey dunning-in_dup already ended; a late failure event does not reopen it"}
         await asyncio.sleep(0.5)  # let visibility catch up before listing again
         assert [j["journey_id"] for j in await listed(client, "cus_dup", want=1)] == ["dunning-in_dup"]
     assert status.stage is Stage.recovered and "paid out of band (stripe invoice.paid)" in status.end_reason
     assert not any(e.kind == "payment_failed" for e in status.timeline), "repeats never reach the journey"
-    assert harness.store.webhook_event_counts()["processed"] == 2
+    assert harness.store.webhook_event_counts()["processed"] == 3
 
 
 async def test_when_temporal_is_down_the_event_fails_and_its_redelivery_is_acted_on(dev_env, harness, tmp_path):
@@ -177,18 +180,23 @@ async def test_when_temporal_is_down_the_event_fails_and_its_redelivery_is_acted
     await dev_env.client.get_workflow_handle("dunning-in_down").terminate("test over")
 
 
-async def test_the_sweeper_acts_on_events_a_crash_left_received(dev_env, harness, tmp_path):
+async def test_the_sweeper_acts_on_events_a_crash_left_received_or_that_failed(dev_env, harness, tmp_path):
     app = webhook_app(harness, tmp_path, dev_env.client)
-    failure = event("invoice.payment_failed", invoice("in_crash", "cus_crash"))
-    # What a process that died between recording and acting leaves behind:
-    harness.store.record_webhook_event(event_id=failure["id"], source=SOURCE, type=failure["type"], payload=failure)
+    crashed = event("invoice.payment_failed", invoice("in_crash", "cus_crash"))
+    failed = event("invoice.payment_failed", invoice("in_failed", "cus_crash"))
+    # What a process that died between recording and acting leaves behind, and a failed attempt:
+    for evt in (crashed, failed):
+        harness.store.record_webhook_event(event_id=evt["id"], source=SOURCE, type=evt["type"], payload=evt)
+    harness.store.mark_webhook_event(failed["id"], "failed", "Temporal was unreachable")
     ingest = app.state.webhooks
-    assert await ingest.sweep_once() == 0, "too recent: its own request may still be running"
-    assert await ingest.sweep_once(older_than=timedelta(0)) == 1
-    assert await exists(dev_env.client, "dunning-in_crash")
-    assert harness.store.webhook_event_counts()["processed"] == 1
+    assert await ingest.sweep_once() == 0, "too recent: their own requests may still be running"
+    assert await ingest.sweep_once(older_than=timedelta(0)) == 2
+    assert await exists(dev_env.client, "dunning-in_crash") and await exists(dev_env.client, "dunning-in_failed")
+    assert harness.store.webhook_event_counts()["processed"] == 2
+    assert await ingest.sweep_once(older_than=timedelta(0)) == 0, "nothing left to do"
     await ingest.stop()
-    await dev_env.client.get_workflow_handle("dunning-in_crash").terminate("test over")
+    for journey_id in ("dunning-in_crash", "dunning-in_failed"):
+        await dev_env.client.get_workflow_handle(journey_id).terminate("test over")
 
 
 async def test_answers_in_milliseconds_without_a_worker(dev_env, harness, tmp_path):

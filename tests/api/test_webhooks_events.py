@@ -53,7 +53,7 @@ def test_invoice_failure_becomes_a_failed_payment_with_the_contact_details_it_ca
 
 
 def test_intent_failure_carries_the_decline_and_the_failed_method():
-    ins = interpret(event("payment_intent.payment_failed", intent("pi_1", "cus_2", invoice=None, phone="+33142685300", country="FR"), created=T))
+    ins = interpret(event("payment_intent.payment_failed", intent("pi_1", "cus_2", invoice=None, phone="+33142685300", country="FR", card_country="FR"), created=T))
     payment = ins.payment
     assert ins.action is Action.start and not ins.invoice_unknown
     assert (payment.id, payment.kind, payment.amount, payment.currency) == ("pi_1", "payment_intent", 4200, "eur")
@@ -155,3 +155,11 @@ def test_signature_header_is_what_the_stripe_sdk_verifies():
     expected = hmac.new(SECRET.encode(), f"{T}.".encode() + body, hashlib.sha256).hexdigest()
     assert header == f"t={T},v1={expected}"
     assert stripe.WebhookSignature.verify_header(body.decode(), header, SECRET, tolerance=None)
+
+
+def test_the_documentation_lists_every_routed_event():
+    from tests.support import ROOT
+
+    doc = (ROOT / "docs" / "webhooks.md").read_text()
+    missing = [kind for kind in ROUTES if f"`{kind}`" not in doc]
+    assert not missing, f"docs/webhooks.md does not describe {missing}"

@@ -213,3 +213,68 @@ async def _until(client, journey_id: str, condition) -> JourneyStatus:
             return status
         await asyncio.sleep(0.2)
     raise AssertionError(f"{journey_id}: condition not met within 20 s")
+
+
+async def test_paid_after_the_hand_off_recalls_the_placement(dev_env, harness, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from dunning.collections import placement_id_for
+    from dunning.store.records import PlacementRecord
+
+    placed_at = datetime.now(UTC) - timedelta(days=1)
+    harness.store.create_placement(PlacementRecord(
+        placement_id=placement_id_for("dunning-in_placed"), journey_id="dunning-in_placed", payment_reference="in_placed",
+        customer_id="cus_placed", contact={"email": "p@example.com"}, amount=2500, currency="usd",
+        original_due_date=placed_at - timedelta(days=61), first_failure_at=placed_at - timedelta(days=60),
+        attempts_summary={"count": 8}, messages_summary={"count_by_channel": {"email": 5}}, disputed=False,
+        policy_version="default@abc", created_at=placed_at,
+    ))
+    app = webhook_app(harness, tmp_path, dev_env.client)
+    paid = event("invoice.paid", invoice("in_placed", "cus_placed", status="paid"))
+    async with http(app) as client:
+        answer = await post_event(client, paid)
+    assert answer.json()["detail"] == "recalled in_placed from the collection partner"
+    placement = harness.store.placement_for_journey("dunning-in_placed")
+    assert placement.recalled_at == datetime.fromtimestamp(paid["created"], tz=UTC) and placement.recall_source == "invoice.paid"
+
+
+@pytest.fixture
+def stripe_stub():
+    from tests.webhook_support import StripeStub
+
+    stub = StripeStub()
+    yield stub
+    stub.close()
+
+
+async def test_with_a_stripe_key_intents_of_invoices_are_told_apart_and_methods_read(dev_env, harness, tmp_path, stripe_stub):
+    """API versions since 2025-03-31 drop `invoice` from PaymentIntents: the dispatcher asks Stripe.
+    A method known only by id (customer.updated) is read from Stripe before the update."""
+    stripe_stub.listing("/v1/invoice_payments", lambda seen: (
+        [{"id": "inpay_1", "object": "invoice_payment", "invoice": "in_parent"}]
+        if seen.query.get("payment[payment_intent]") == "pi_ofinv" else []
+    ))
+    stripe_stub.object("/v1/payment_methods/pm_portal", card("pm_portal", "cus_key", brand="amex", fingerprint="fp_amex"))
+    harness.gateway.register(scenario("in_key", "cus_key"))
+    app = webhook_app(harness, tmp_path, dev_env.client, stripe_api_key="sk_test_webhooks", stripe_api_base=stripe_stub.url)
+    async with http(app) as client, harness.worker():
+        for reference in ("pi_alone", "pi_ofinv"):
+            answer = await post_event(client, event("payment_intent.payment_failed", intent(reference, "cus_key")))
+            assert answer.json()["status"] == "accepted"
+        await app.state.webhooks.idle(20)
+        assert await exists(dev_env.client, "dunning-pi_alone")
+        assert not await exists(dev_env.client, "dunning-pi_ofinv")
+
+        await post_event(client, event("invoice.payment_failed", invoice("in_key", "cus_key")))
+        await running(dev_env.client, "dunning-in_key")
+        customer = {"id": "cus_key", "object": "customer", "invoice_settings": {"default_payment_method": "pm_portal"}}
+        updated = event("customer.updated", customer, previous_attributes={"invoice_settings": {"default_payment_method": "pm_old"}})
+        assert (await post_event(client, updated)).json()["status"] == "accepted"
+        await app.state.webhooks.idle(30)
+        status = await _until(dev_env.client, "dunning-in_key", lambda s: any(e.kind == "payment_method" for e in s.timeline))
+    assert any("pm_portal (amex) added/updated via stripe customer.updated" in e.text for e in status.timeline)
+    lookups = [s.query.get("payment[payment_intent]") for s in stripe_stub.seen if s.path == "/v1/invoice_payments"]
+    assert sorted(lookups) == ["pi_alone", "pi_ofinv"]
+    assert harness.store.webhook_event_counts()["ignored"] == 1  # pi_ofinv, with the reason
+    for journey_id in ("dunning-pi_alone", "dunning-in_key"):
+        await dev_env.client.get_workflow_handle(journey_id).terminate("test over")

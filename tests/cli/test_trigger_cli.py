@@ -103,21 +103,26 @@ def serve_backfill(stub: StripeStub) -> None:
     ])
     stub.listing("/v1/payment_intents", [
         intent("pi_bf_alone", "cus_bf"),  # no `invoice` key (API ≥ 2025-03-31): looked up
+        intent("pi_bf_modern_of_invoice", "cus_bf"),  # looked up: belongs to in_bf_failed
         intent("pi_bf_ofinvoice", "cus_bf", invoice="in_bf_failed"),
         intent("pi_bf_paid", "cus_bf", status="succeeded"),
         intent("pi_bf_guest", None, invoice=None),
     ])
-    stub.listing("/v1/invoice_payments", lambda seen: [])
+    stub.listing("/v1/invoice_payments", lambda seen: (
+        [{"id": "inpay_1", "object": "invoice_payment", "invoice": "in_bf_failed"}]
+        if seen.query.get("payment[payment_intent]") == "pi_bf_modern_of_invoice" else []
+    ))
 
 
 async def test_backfill_starts_the_missing_journeys_once(dev_env, environment, stripe_stub):
     serve_backfill(stripe_stub)
     first = await invoke("backfill", "--since", "2026-11-01")
     assert first.exit_code == 0, first.output
-    assert counts(first.output) == {"started": 3, "already open": 0, "already ended": 0, "failed": 0, "skipped": 4}
+    assert counts(first.output) == {"started": 3, "already open": 0, "already ended": 0, "failed": 0, "skipped": 5}
     assert "skipped in_bf_notdue: not attempted and not yet due" in first.output
     assert "skipped pi_bf_ofinvoice: belongs to invoice in_bf_failed (start that one)" in first.output
     assert "skipped pi_bf_guest: no customer" in first.output
+    assert "skipped pi_bf_modern_of_invoice: belongs to invoice in_bf_failed (start that one)" in first.output
     assert "skipped in_bf_zero: nothing remains due" in first.output
     for reference in ("in_bf_failed", "in_bf_pastdue", "pi_bf_alone"):
         assert await status_of(dev_env.client, f"dunning-{reference}") == WorkflowExecutionStatus.RUNNING
@@ -131,13 +136,14 @@ async def test_backfill_starts_the_missing_journeys_once(dev_env, environment, s
     assert alone.payment.initial_decline.decline_code == "insufficient_funds"
     lookup = next(s for s in stripe_stub.seen if s.path == "/v1/invoice_payments")
     assert lookup.query == {"payment[type]": "payment_intent", "payment[payment_intent]": "pi_bf_alone", "limit": "1"}
+    assert await status_of(dev_env.client, "dunning-pi_bf_modern_of_invoice") is None
     listing = next(s for s in stripe_stub.seen if s.path == "/v1/invoices")
     assert listing.query["status"] == "open" and listing.query["created[gte]"] == str(1793491200)
     assert listing.headers["authorization"] == "Bearer sk_test_cli"
 
     again = await invoke("backfill", "--since", "2026-11-01")
     assert again.exit_code == 0, again.output
-    assert counts(again.output) == {"started": 0, "already open": 3, "already ended": 0, "failed": 0, "skipped": 4}
+    assert counts(again.output) == {"started": 0, "already open": 3, "already ended": 0, "failed": 0, "skipped": 5}
     for reference in ("in_bf_failed", "in_bf_pastdue", "pi_bf_alone"):
         assert (await started_input(dev_env.client, f"dunning-{reference}")).event_id == f"backfill:{reference}"
     for reference in ("in_bf_failed", "in_bf_pastdue", "pi_bf_alone"):
@@ -240,3 +246,12 @@ async def test_import_reports_every_bad_row_and_starts_nothing(dev_env, environm
     repeat.write_text("payment_reference,customer_id,amount,currency,failed_at\nr1,c,1,usd,2026-11-20T10:00:00Z\nr1,c,1,usd,2026-11-20T10:00:00Z\n")
     repeated = await invoke("import", str(repeat))
     assert repeated.exit_code == 1 and "line 3, payment_reference: r1 repeats line 2" in repeated.output
+
+
+def test_the_documentation_lists_every_import_column():
+    from dunning.cli.triggers import COLUMNS, REQUIRED
+
+    doc = (ROOT / "docs" / "webhooks.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2].strip() for line in doc.splitlines() if line.startswith("| `")}
+    assert set(COLUMNS) <= set(rows), set(COLUMNS) - set(rows)
+    assert {c for c in COLUMNS if rows[c] == "yes"} == set(REQUIRED)

@@ -249,3 +249,19 @@ async def test_a_long_gateway_outage_delays_the_attempt_then_reads_it_back(time_
     assert any(e.kind == "reconciled" and "attempt 1" in e.text for e in status.timeline)
     assert harness.gateway.count_charges(handle.id) == len([a for a in status.attempts if a.number > 0]) - 1
     assert status.stage is Stage.handed_off
+
+
+async def test_cards_with_an_issuer_country_plan_on_real_bank_calendars(time_env, harness):
+    now = await now_of(time_env)
+    cards = [
+        {"id": "pm_us", "brand": "visa", "country": "US", "default": True,
+         "behavior": {"default": "succeeded", "windows": [{"from": (now - timedelta(days=1)).isoformat(),
+                                                         "until": (now + timedelta(days=2)).isoformat(), "outcome": DECLINE}]}},
+        {"id": "pm_sepa", "type": "sepa_debit", "country": "DE", "behavior": {"default": DECLINE}},
+    ]
+    async with harness.worker():
+        handle = await harness.start(scenario(now, name="calendars", cards=cards))
+        # a workflow task failing inside the sandbox would retry forever: bound the wait
+        status: JourneyStatus = await asyncio.wait_for(handle.result(), timeout=60)
+    assert status.stage is Stage.recovered, status.timeline
+    assert status.attempts[-1].payment_method_id == "pm_us"
