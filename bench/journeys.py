@@ -153,7 +153,7 @@ async def bench(n: int, scale: float, concurrency: int, data_dir: Path, say) -> 
             await deliverer.close()
         delivered = time.monotonic() - started
         timeout = ladder + 120.0 + n / 5
-        settled = await observe.wait_settled(stack.client, stack.store, n, lambda: True, timeout, say=say)
+        settled = await observe.wait_settled(stack.client, stack.store, n, timeout, say=say)
         closes: list[datetime] = []
         durations: list[float] = []
         async for execution in stack.client.list_workflows(f"WorkflowType = '{WORKFLOW_NAME}'"):
@@ -204,6 +204,7 @@ async def bench(n: int, scale: float, concurrency: int, data_dir: Path, say) -> 
         "webhook_p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
         "ends": dict(sorted(findings.ends.items())),
         "violations": len(problems),
+        "violations_by_category": dict(Counter(v.category for v in findings.violations)),
         "problems": problems[:20],
     }
 
@@ -223,7 +224,7 @@ def table(result: dict) -> str:
         ("schedule-to-start p95", f"activities {result['activity_schedule_to_start_p95_ms']} ms, workflow tasks {result['workflow_task_schedule_to_start_p95_ms']} ms"),
         ("history events per journey", f"mean {result['history_events_mean']}, p95 {result['history_events_p95']}, max {result['history_events_max']} (target <= {HISTORY_TARGET}: {'ok' if history_ok else 'OVER'}); {result['history_bytes_mean']} bytes mean"),
         ("webhook answer p50 / p95", f"{result['webhook_p50_ms']} ms / {result['webhook_p95_ms']} ms"),
-        ("violations", f"{result['violations']}"),
+        ("violations", f"{result['violations']} {result['violations_by_category'] or ''}".strip()),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)

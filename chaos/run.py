@@ -36,7 +36,7 @@ from pathlib import Path
 from activities.sandbox import SandboxGateway
 from chaos import checks, observe
 from chaos.delivery import Deliverer, DeliveryLog
-from chaos.scenarios import DELIVERIES_PER_EVENT, Case, build_cases, ladder_seconds, run_tag, scaled_policy
+from chaos.scenarios import Case, build_cases, ladder_seconds, run_tag, scaled_policy
 from chaos.stack import POLICY, ProcessStack, StackFailed, identity
 from dunning.policy import load_policy
 
@@ -122,7 +122,6 @@ class Run:
     async def chaos(self, report: Report, gateway: SandboxGateway, journey_ids: list[str]) -> None:
         stack = self.stack
         assert stack is not None and stack.client is not None
-        sandbox = stack.sandbox_path
         for round_ in range(max(self.o.kills, self.o.restarts)):
             killed: int | None = None
             if round_ < self.o.kills:
@@ -238,7 +237,7 @@ class Run:
                 ladder_seconds(policy) + (30.0 if o.fail_orphaned_activities else ACTIVITY_START_TO_CLOSE + 40.0) + 30.0
             )
             report.settled = await observe.wait_settled(
-                stack.client, stack.store, len(journey_ids), lambda: True, timeout, say=self.say
+                stack.client, stack.store, len(journey_ids), timeout, say=self.say
             )
             if not report.settled:
                 report.chaos_problems.append(f"journeys or webhook events still open {timeout:.0f} s after the last delivery")

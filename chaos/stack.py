@@ -354,21 +354,22 @@ class ProcessStack:
         return result
 
     def close(self) -> None:
-        """Stop everything: HTTP and workers politely (briefly), the server last; kill leftovers."""
+        """Stop everything: HTTP and workers together (SIGTERM, then SIGKILL after STOP_TIMEOUT),
+        the server last, the same way."""
         for child in self.children:
             if child.alive:
                 child.remember_peak_rss()
-        for child in [self.http, *self.workers]:
-            try:
-                child.stop(signal.SIGTERM)
-            except Exception:
-                child.kill()
-        try:
-            self.temporal.stop(signal.SIGTERM)
-        except Exception:
-            self.temporal.kill()
-        for child in self.children:
-            if child.alive:
-                child.kill()
+        for group in ([self.http, *self.workers], [self.temporal]):
+            for child in group:
+                if child.alive:
+                    child.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for child in group:
+                if child.proc is None:
+                    continue
+                try:
+                    child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.kill()
         if self.store is not None:
             self.store.dispose()

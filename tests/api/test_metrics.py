@@ -27,7 +27,6 @@ from dunning.api.metrics import (
 from dunning.config import Settings
 from dunning.store import Store
 from tests.dunning.test_reports import seed
-from tests.dunning.test_store import db_url, postgres_admin_url  # noqa: F401  (fixtures)
 from tests.support import ROOT
 
 TOKEN = "metrics-token-77"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -41,7 +42,11 @@ async def test_worker_check_sees_this_hosts_poller_only_while_it_polls(dev_env, 
     harness = harness_factory(dev_env.client, tmp_path, default_policy_text)
     me = socket.gethostname()
     async with harness.worker():
-        found = await healthcheck.pollers(dev_env.client, harness.task_queue)
+        for _ in range(100):  # the server lists a poller once its first poll arrives
+            found = await healthcheck.pollers(dev_env.client, harness.task_queue)
+            if found:
+                break
+            await asyncio.sleep(0.1)
         now = datetime.now(timezone.utc)
         assert healthcheck.polling_here(found, me, now)
         assert not healthcheck.polling_here(found, "another-pod", now), "a poller of another pod does not count"
