@@ -31,15 +31,21 @@ class OutboxSender:
         from activities.messaging import message_record, recipient_for
 
         recipient = recipient_for(request)
+        provider_message_id = f"outbox:{request.dedupe_key}"
+        first = True
         if self.store is not None:
             # Idempotent: the messaging activity normally claimed this row (with the same body).
             self.store.claim_message(message_record(request, message, recipient=recipient))
-        print(format_block(request, message, recipient), file=self.stream or sys.stdout, flush=True)
-        logger.info("outbox %s: %s to %s", self.channel.value, request.dedupe_key, recipient)
+            # The outbox's delivery is this write: print only for the call that made it, so a
+            # retry after a later failure (e.g. a locked database) does not deliver twice.
+            first = self.store.mark_sent_once(request.dedupe_key, provider="outbox", provider_message_id=provider_message_id)
+        if first:
+            print(format_block(request, message, recipient), file=self.stream or sys.stdout, flush=True)
+            logger.info("outbox %s: %s to %s", self.channel.value, request.dedupe_key, recipient)
         return MessageResult(
             status="sent",
             detail=f"kept in the outbox ({self.channel.value} is not connected to a provider)",
-            provider_message_id=f"outbox:{request.dedupe_key}",
+            provider_message_id=provider_message_id,
         )
 
 

@@ -1,7 +1,8 @@
 """The chaos run: real processes, signed webhooks, killed workers, a restarted server, then checks.
 
     .venv/bin/python -m chaos --journeys 30            # make chaos N=30
-    .venv/bin/python -m chaos --journeys 8 --scale 0.5 --fail-orphaned-activities   # what CI runs
+    .venv/bin/python -m chaos --journeys 8 --scale 0.5 --spread 8 --lost-responses 2 \
+        --fail-orphaned-activities                      # what tests/chaos/test_chaos.py runs
 
 Sequence: start the stack (dev server on its own SQLite file in WAL mode, two workers, the HTTP
 service with STRIPE_WEBHOOK_SECRET), register every case in the sandbox, then play each case's

@@ -387,6 +387,20 @@ class Store:
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 raise RecordNotFound(f"no message {dedupe_key!r}")
 
+    def mark_sent_once(self, dedupe_key: str, *, provider: str, provider_message_id: str) -> bool:
+        """claimed -> sent in one statement; True only for the caller that made the transition.
+
+        For a delivery that IS this write (the outbox), this makes the send exactly once even
+        when a later write fails and the activity is retried.
+        """
+        with self._write() as session:
+            result = session.execute(
+                update(Message)
+                .where(Message.dedupe_key == dedupe_key, Message.status == "claimed")
+                .values(status="sent", provider=provider, provider_message_id=provider_message_id, sent_at=_now(), error=None)
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
     def messages_for_customer(self, customer_id: str, since: datetime) -> list[MessageRecord]:
         with self._read() as session:
             rows = session.scalars(

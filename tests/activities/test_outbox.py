@@ -73,3 +73,28 @@ def test_outbox_without_a_store_only_prints() -> None:
     request = make_request(Channel.in_app)
     result = OutboxSender(Channel.in_app, stream=stream).send(request, render(request))
     assert result.status == "sent" and "title: " in stream.getvalue()
+
+
+def test_a_retry_after_a_failed_status_write_does_not_deliver_twice(tmp_path):
+    import io
+
+    from activities.outbox import OutboxSender
+    from dunning.models import Channel, Customer
+    from dunning.ports import MessageRequest, RenderedMessage
+    from dunning.store import Store
+    from datetime import datetime, timezone
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.upgrade()
+    printed = io.StringIO()
+    sender = OutboxSender(Channel.email, store, stream=printed)
+    request = MessageRequest(
+        journey_id="dunning-in_x", step_id="notice", channel=Channel.email, template="payment_failed",
+        customer=Customer(id="cus_x", email="x@example.com"), amount=100, currency="usd",
+        payment_reference="in_x", at=datetime(2026, 11, 1, tzinfo=timezone.utc),
+    )
+    message = RenderedMessage(subject="s", text="t")
+    sender.send(request, message)
+    sender.send(request, message)  # the activity retried: its own status write had failed
+    assert printed.getvalue().count("OUTBOX email") == 1
+    assert [m.status for m in store.messages_for_journey("dunning-in_x")] == ["sent"]
