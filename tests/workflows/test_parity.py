@@ -22,7 +22,7 @@ from dunning.policy import parse_policy
 from dunning.scenarios import Scenario
 
 UTC = timezone.utc
-SECOND = timedelta(seconds=1)
+ACTIVITY_LATENCY = timedelta(seconds=5)
 
 
 def _kind(data: dict[str, Any]) -> str:
@@ -216,8 +216,10 @@ def simulated_states(policy_text: str, scenarios: list[Scenario]) -> dict[str, A
 
 
 def _close(workflow_at: datetime, simulated_at: datetime) -> bool:
-    # the workflow acts a few milliseconds after the planned moment (activity latency)
-    return timedelta(0) <= workflow_at - simulated_at < SECOND
+    # The workflow stamps a result when its activity returns: milliseconds after the planned
+    # moment on a quiet machine, a second or two on a loaded 2-core CI box. Outcomes, methods,
+    # channels and order must match exactly; times within that latency.
+    return timedelta(0) <= workflow_at - simulated_at < ACTIVITY_LATENCY
 
 
 async def test_simulator_and_workflows_agree_on_every_attempt_and_message(time_env, harness, default_policy_text):
