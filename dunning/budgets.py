@@ -39,10 +39,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import attrgetter
 
 from pydantic import Field, field_validator
 
-from dunning.declines import classify, normalize_brand, stops_card
+from dunning.declines import DeclineVerdict, classify, normalize_brand, stops_card
 from dunning.durations import Duration, format_duration
 from dunning.models import Decline, Frozen, PaymentMethod
 
@@ -50,6 +51,7 @@ VISA_WINDOW = timedelta(days=30)
 MASTERCARD_DAY = timedelta(hours=24)
 MASTERCARD_MONTH = timedelta(days=30)
 MASTERCARD_02_MINIMUM = timedelta(hours=72)
+_by_time = attrgetter("at")
 
 
 class RetryLimits(Frozen):
@@ -111,6 +113,8 @@ class _Window:
 
 def _fits(times: Sequence[datetime], cap: int, length: timedelta, candidate: datetime) -> bool:
     """True when adding `candidate` leaves every run of cap + 1 attempts spanning >= length."""
+    if len(times) < cap:  # with the candidate, still no run of cap + 1
+        return True
     merged = sorted([*times, candidate])
     k = bisect_left(merged, candidate)
     for start in range(max(0, k - cap), k + 1):
@@ -121,16 +125,15 @@ def _fits(times: Sequence[datetime], cap: int, length: timedelta, candidate: dat
 
 
 def _earliest_fit(window: _Window, t: datetime) -> datetime:
-    # A feasible stretch starts at t or where some attempt turns `length` old; try those in order.
-    candidates = sorted({t} | {x + window.length for x in window.times if x + window.length > t})
+    # A feasible stretch starts at t or where some attempt turns `length` old; try those in order
+    # (t nearly always fits: check it before collecting the others).
+    if _fits(window.times, window.cap, window.length, t):
+        return t
+    candidates = sorted({x + window.length for x in window.times if x + window.length > t})
     for candidate in candidates:
         if _fits(window.times, window.cap, window.length, candidate):
             return candidate
     raise AssertionError("unreachable: the last attempt + length always fits")
-
-
-def _same_amount(attempt: CardAttempt, amount: int, currency: str) -> bool:
-    return attempt.amount == amount and attempt.currency.lower() == currency
 
 
 def earliest_attempt(
@@ -154,7 +157,7 @@ def earliest_attempt(
     key = card.card_key
     brand = normalize_brand(card.brand)
     currency = currency.lower()
-    on_card = sorted((a for a in history if a.card_key == key), key=lambda a: a.at)
+    on_card = sorted((a for a in history if a.card_key == key), key=_by_time)
 
     blocked: list[str] = []
     waits: list[tuple[datetime, str]] = []
@@ -163,6 +166,8 @@ def earliest_attempt(
             continue
         attempt_brand = a.brand or card.brand
         verdict = classify(a.decline, attempt_brand, limits.mastercard_02_delay)
+        if not (verdict.stop_method or verdict.min_delay):
+            continue
         explained = "; ".join(verdict.reasons)
         if verdict.stop_method:
             if stops_card(a.decline, attempt_brand):
@@ -185,7 +190,7 @@ def earliest_attempt(
                 )
             )
 
-    mine = sorted((a for a in history if a.journey_id == journey_id), key=lambda a: a.at)
+    mine = sorted((a for a in history if a.journey_id == journey_id), key=_by_time)
     on_method = sum(1 for a in mine[1:] if a.payment_method_id == card.id)
     if on_method >= limits.max_attempts_per_payment_method:
         blocked.append(
@@ -209,7 +214,7 @@ def earliest_attempt(
             reasons.append(why)
 
     windows: list[_Window] = []
-    same_amount = [a.at for a in on_card if _same_amount(a, amount, currency)]
+    same_amount = [a.at for a in on_card if a.amount == amount and a.currency.lower() == currency]
     if brand == "visa":
         cap = 1 + limits.visa_reattempts_30d
         name = f"Visa: at most 1 + {cap - 1} attempts per card and amount in any 30 days"
@@ -239,7 +244,7 @@ def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str
     of `earliest_attempt` so that each checks the other. Attempts are taken in time order; the
     caps count as `earliest_attempt` documents.
     """
-    ordered = sorted(attempts, key=lambda a: a.at)
+    ordered = sorted(attempts, key=_by_time)
     found: list[str] = []
 
     def label(a: CardAttempt) -> str:
@@ -247,11 +252,11 @@ def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str
             f"attempt at {a.at.isoformat()} on {a.card_key}/{a.payment_method_id} by {a.journey_id}"
         )
 
-    for i, later in enumerate(ordered):
-        for earlier in ordered[:i]:
-            if earlier.card_key != later.card_key or earlier.decline is None:
-                continue
-            verdict = classify(earlier.decline, earlier.brand, limits.mastercard_02_delay)
+    # Only an earlier decline on the same card can constrain an attempt: keep each card's declines
+    # so far, in order, rather than comparing every pair of attempts.
+    earlier_declines: dict[str, list[tuple[CardAttempt, DeclineVerdict]]] = defaultdict(list)
+    for later in ordered:
+        for earlier, verdict in earlier_declines[later.card_key]:
             if later.at < earlier.at + verdict.min_delay:
                 found.append(
                     f"{label(later)} is within {format_duration(verdict.min_delay)} of the "
@@ -268,13 +273,18 @@ def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str
                     f"{label(later)} follows a stop on {earlier.payment_method_id} at "
                     f"{earlier.at.isoformat()}"
                 )
+        if later.decline is not None:
+            verdict = classify(later.decline, later.brand, limits.mastercard_02_delay)
+            earlier_declines[later.card_key].append((later, verdict))
+
+    brands = [normalize_brand(a.brand) for a in ordered]
 
     def windows(
         rule: str, group: Callable[[CardAttempt], object], brand: str, cap: int, length: timedelta
     ) -> None:
         groups: dict[object, list[datetime]] = defaultdict(list)
-        for a in ordered:
-            if normalize_brand(a.brand) == brand:
+        for a, attempt_brand in zip(ordered, brands):
+            if attempt_brand == brand:
                 groups[group(a)].append(a.at)
         for key, times in groups.items():
             for start in range(len(times) - cap):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from functools import lru_cache
 from importlib import resources
 from types import MappingProxyType
 
@@ -355,7 +356,21 @@ def _normalize_mac(code: str) -> str:
     return code.zfill(2) if code.isdigit() and len(code) == 1 else code
 
 
-def _effects(decline: Decline, brand: str | None) -> tuple[list[_Effect], list[str], int | None]:
+# The fields of a `Decline` that classification reads, as a small hashable cache key:
+# (decline_code, advice_code, network_decline_code, network_advice_code).
+_Codes = tuple[str | None, str | None, str | None, str | None]
+
+
+def _codes(decline: Decline) -> _Codes:
+    return (
+        decline.decline_code,
+        decline.advice_code,
+        decline.network_decline_code,
+        decline.network_advice_code,
+    )
+
+
+def _effects(codes: _Codes, brand: str | None) -> tuple[list[_Effect], list[str], int | None]:
     found: list[_Effect] = []
     unknown: list[str] = []
     visa_category: int | None = None
@@ -367,17 +382,17 @@ def _effects(decline: Decline, brand: str | None) -> tuple[list[_Effect], list[s
             found.extend(hits)
         return hits is not None
 
+    decline_code, advice_code, network_decline_code, network_advice_code = codes
     stripe_fields = (
-        ("decline_code", "stripe_decline_codes"),
-        ("advice_code", "stripe_advice_codes"),
+        ("decline_code", decline_code, "stripe_decline_codes"),
+        ("advice_code", advice_code, "stripe_advice_codes"),
     )
-    for field, table in stripe_fields:
-        raw = getattr(decline, field)
+    for field, raw, table in stripe_fields:
         if raw is not None and raw.strip() and not look(table, raw.strip().lower()):
             unknown.append(f"{field}:{raw}")
 
     # Network codes mean something only within their own scheme; Amex/Discover have no table here.
-    raw = decline.network_decline_code
+    raw = network_decline_code
     if brand == "visa" and raw is not None and raw.strip():
         code = raw.strip().upper()
         hits = _TABLES["visa_decline_categories"].effects.get(code)
@@ -392,7 +407,7 @@ def _effects(decline: Decline, brand: str | None) -> tuple[list[_Effect], list[s
                 (hit.visa_category for hit in hits if hit.visa_category is not None),
                 key=_VISA_STRICTNESS.__getitem__,
             )
-    raw = decline.network_advice_code
+    raw = network_advice_code
     if (
         brand == "mastercard"
         and raw is not None
@@ -413,7 +428,14 @@ def classify(
     table are listed in `unknown_codes` and handled as generic (retry within the budgets).
     `mastercard_02_delay` replaces the table's 72h for MAC 02 (ops may wait longer).
     """
-    found, unknown, visa_category = _effects(decline, brand)
+    return _classify(_codes(decline), brand, mastercard_02_delay)
+
+
+# The engine classifies every known decline on each plan and budget check; the tables are fixed
+# at import, so a verdict depends only on these arguments. DeclineVerdict is frozen: safe to share.
+@lru_cache(maxsize=4096)
+def _classify(codes: _Codes, brand: str | None, mastercard_02_delay: timedelta) -> DeclineVerdict:
+    found, unknown, visa_category = _effects(codes, brand)
     reasons = [effect.reason for effect in found]
     mac_02 = _TABLES["mastercard_advice_codes"].effects.get("02", ())
     delays = [mastercard_02_delay if effect in mac_02 else effect.min_delay for effect in found]
@@ -447,5 +469,10 @@ def stops_card(decline: Decline, brand: str | None) -> bool:
     That is Visa category 1 and Mastercard's do-not-retry advice codes (03, 21, 40, 41). Other
     stops (`DeclineVerdict.stop_method`) concern one payment method and end when it is replaced.
     """
-    found, _, _ = _effects(decline, brand)
+    return _stops_card(_codes(decline), brand)
+
+
+@lru_cache(maxsize=4096)
+def _stops_card(codes: _Codes, brand: str | None) -> bool:
+    found, _, _ = _effects(codes, brand)
     return any(effect.stops_card for effect in found)

@@ -253,12 +253,13 @@ def usable_methods(policy: Policy, state: JourneyState, now: datetime) -> list[P
         for m in state.payment_methods
         if m.id not in state.stopped_methods and not m.expired_at(now)
     ]
-    usable.sort(
-        key=lambda m: (
-            not m.default,
-            -(m.last_succeeded_at.timestamp() if m.last_succeeded_at else float("-inf")),
+    if len(usable) > 1:
+        usable.sort(
+            key=lambda m: (
+                not m.default,
+                -(m.last_succeeded_at.timestamp() if m.last_succeeded_at else float("-inf")),
+            )
         )
-    )
     if not policy.cycle_payment_methods:
         return usable[:1]
     return usable
@@ -277,14 +278,15 @@ def _cycled(methods: list[PaymentMethod], state: JourneyState) -> list[PaymentMe
 
 
 def _card_history(state: JourneyState) -> list[CardAttempt]:
+    amount, currency, journey_id = state.payment.amount, state.payment.currency, state.journey_id
     own = [
         CardAttempt(
             at=a.at,
             card_key=a.card_key,
             brand=a.brand,
-            amount=state.payment.amount,
-            currency=state.payment.currency,
-            journey_id=state.journey_id,
+            amount=amount,
+            currency=currency,
+            journey_id=journey_id,
             payment_method_id=a.payment_method_id,
             decline=a.decline,
         )
@@ -297,9 +299,8 @@ def _card_history(state: JourneyState) -> list[CardAttempt]:
 
 def _budget(policy: Policy, state: JourneyState, method: PaymentMethod, not_before: datetime):
     # this card across journeys (network limits) plus this journey on every card (the journey cap)
-    history = [
-        h for h in _card_history(state) if h.card_key == method.card_key or h.journey_id == state.journey_id
-    ]
+    card_key, journey_id = method.card_key, state.journey_id
+    history = [h for h in _card_history(state) if h.card_key == card_key or h.journey_id == journey_id]
     return earliest_attempt(
         card=method,
         amount=state.payment.amount,
@@ -409,7 +410,7 @@ def _plan_message(
     window_end: datetime,
 ) -> Decision:
     channels = effective_channels(policy, state, step)
-    handled = {m.channel for m in state.messages if m.step_id == step.id}
+    handled = _handled_channels(state, step)
     pending = [c for c in channels if c not in handled]
     if not pending:
         unavailable = [c for c in step.channels if c in state.unavailable_channels]
@@ -456,10 +457,17 @@ def effective_channels(policy: Policy, state: JourneyState, step: Step) -> list[
     return [fallback] if fallback is not None else []
 
 
+def _handled_channels(state: JourneyState, step: Step) -> set[Channel]:
+    """The channels the step has a message record for, whatever its status."""
+    return {m.channel for m in state.messages if m.step_id == step.id}
+
+
 def _after_frequency_cap(policy: Policy, state: JourneyState, at: datetime) -> datetime:
     sent = sorted(m.at for m in state.messages if m.status == "sent")
     candidate = at
     for span, cap in ((timedelta(hours=24), policy.messaging.max_per_24h), (timedelta(days=7), policy.messaging.max_per_7d)):
+        if len(sent) < cap:  # fewer messages than the cap cannot fill any window
+            continue
         recent = [t for t in sent if t > candidate - span]
         if len(recent) >= cap:
             # the oldest message that keeps the window full must leave it first
@@ -479,8 +487,8 @@ def _plan_recovery(policy: Policy, state: JourneyState, now: datetime) -> Decisi
                 kind="escalation", at=max(now, recovered_at + step.at), step_id=step.id,
                 action=step.action, reason=step.why or "restore access after recovery",
             )
-        channels = [c for c in effective_channels(policy, state, step)
-                    if not any(m.step_id == step.id and m.channel == c for m in state.messages)]
+        handled = _handled_channels(state, step)
+        channels = [c for c in effective_channels(policy, state, step) if c not in handled]
         if not channels:
             return _skip(step, now, "all channels handled")
         zone = customer_zone(state.payment.customer, None, policy.timing.merchant_timezone)
@@ -594,11 +602,10 @@ def apply_message(
     recovery = state.stage is Stage.recovered
     step = next((s for s in (policy.on_recovery if recovery else state.ladder) if s.id == decision.step_id), None)
     done = state.recovery_steps_done if recovery else state.steps_done
-    if step is not None and all(
-        any(m.step_id == step.id and m.channel == c for m in state.messages)
-        for c in effective_channels(policy, state, step)
-    ):
-        done[step.id] = "done"
+    if step is not None:
+        handled = _handled_channels(state, step)
+        if all(c in handled for c in effective_channels(policy, state, step)):
+            done[step.id] = "done"
 
 
 def apply_skip(policy: Policy, state: JourneyState, decision: Decision, at: datetime) -> None:

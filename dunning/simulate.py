@@ -26,7 +26,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import phonenumbers
 from pydantic import ValidationError
 
 from dunning import engine
@@ -35,7 +34,7 @@ from dunning.engine import Decision, JourneyState
 from dunning.models import Channel, ChargeOutcome, Customer, Decline
 from dunning.policy import Policy, Segment
 from dunning.scenarios import Behavior, Scenario, ScenarioError, _field_path
-from dunning.timing import customer_zone, in_quiet_hours
+from dunning.timing import customer_zone, in_quiet_hours, valid_phone_number
 
 UTC = timezone.utc
 DAY = 86400.0
@@ -172,20 +171,8 @@ def _valid_email(email: str | None) -> bool:
     return bool(local) and "." in domain and " " not in email
 
 
-_PHONE_VALID: dict[tuple[str, str | None], bool] = {}
-
-
 def _valid_phone(phone: str | None, country: str | None) -> bool:
-    if not phone:
-        return False
-    key = (phone, country)
-    if key not in _PHONE_VALID:
-        try:
-            number = phonenumbers.parse(phone, (country or "").upper() or None)
-            _PHONE_VALID[key] = phonenumbers.is_valid_number(number)
-        except phonenumbers.NumberParseException:
-            _PHONE_VALID[key] = False
-    return _PHONE_VALID[key]
+    return bool(phone) and valid_phone_number(phone, country) is not None
 
 
 def reachable(customer: Customer, channel: Channel) -> bool:
@@ -569,15 +556,18 @@ def messaging_violations(policy: Policy, journeys: Sequence[tuple[Scenario, Jour
         for message in state.messages:
             if message.status != "sent":
                 continue
-            label = f"{scenario.id}: {message.channel.value} {message.step_id} at {iso(message.at)}"
+            broken = []
             if in_quiet_hours(message.at, zone, policy.timing):
-                found.append(f"{label} is in quiet hours ({zone.key})")
+                broken.append(f"is in quiet hours ({zone.key})")
             if message.channel in scenario.opted_out:
-                found.append(f"{label} went to a channel the customer opted out of")
+                broken.append("went to a channel the customer opted out of")
             if (message.channel is Channel.email and not customer.email) or (
                 message.channel is Channel.sms and not customer.phone
             ):
-                found.append(f"{label} went to a channel the customer has no address for")
+                broken.append("went to a channel the customer has no address for")
+            if broken:  # the label costs more than the checks: only for a violation
+                label = f"{scenario.id}: {message.channel.value} {message.step_id} at {iso(message.at)}"
+                found.extend(f"{label} {rule}" for rule in broken)
             if message.step_id not in exempt:
                 per_customer[customer.id].append(message.at)
     caps = (("24 hours", timedelta(hours=24), policy.messaging.max_per_24h), ("7 days", timedelta(days=7), policy.messaging.max_per_7d))
@@ -609,27 +599,31 @@ class Run:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(runs: dict[str, Run], path: str) -> None:
-    _WORKER["runs"], _WORKER["path"] = runs, path
+def _init_worker(runs: dict[str, Run], path: str, groups: list[list[Line]]) -> None:
+    _WORKER["runs"], _WORKER["path"], _WORKER["groups"] = runs, path, groups
 
 
-def _task(args: tuple[str, list[list[Line]]]) -> tuple[str, list[ClusterResult]]:
+def _task(args: tuple[str, list[int]]) -> tuple[str, list[ClusterResult]]:
+    """Simulate the clusters at these indices under one run (a task names them, so the lines
+    reach each worker once, at its start, rather than with every task)."""
     name, batch = args
     run: Run = _WORKER["runs"][name]
     path: str = _WORKER["path"]
+    groups: list[list[Line]] = _WORKER["groups"]
     results = []
-    for group in batch:
-        scenarios = [parse_line(path, line) for line in group]
+    for index in batch:
+        scenarios = [parse_line(path, line) for line in groups[index]]
         results.append(simulate_cluster(run.policy, scenarios, record_events=run.record_events))
     return name, results
 
 
-def _batches(groups: list[list[Line]], size: int) -> Iterator[list[list[Line]]]:
-    batch: list[list[Line]] = []
+def _batches(groups: list[list[Line]], indices: Iterable[int], size: int) -> Iterator[list[int]]:
+    """The indices in batches of about `size` journeys."""
+    batch: list[int] = []
     count = 0
-    for group in groups:
-        batch.append(group)
-        count += len(group)
+    for index in indices:
+        batch.append(index)
+        count += len(groups[index])
         if count >= size:
             yield batch
             batch, count = [], 0
@@ -669,12 +663,12 @@ def run_file(
     path = str(path)
     lines = read_lines(path) if lines is None else lines
     groups = clusters(lines)
-    tasks: list[tuple[str, list[list[Line]]]] = []
+    tasks: list[tuple[str, list[int]]] = []
     planned = 0
     for run in runs:
-        wanted = groups if run.segment is None else [g for g in groups if _touches_segment(path, run, g)]
-        planned += sum(len(g) for g in wanted)
-        tasks.extend((run.name, batch) for batch in _batches(wanted, batch_size))
+        wanted = [i for i, g in enumerate(groups) if run.segment is None or _touches_segment(path, run, g)]
+        planned += sum(len(groups[i]) for i in wanted)
+        tasks.extend((run.name, batch) for batch in _batches(groups, wanted, batch_size))
     if on_plan is not None:
         on_plan(planned)
     results: dict[str, list[ClusterResult]] = {run.name: [] for run in runs}
@@ -690,7 +684,7 @@ def run_file(
                 progress(len(result.journeys))
 
     if workers <= 1 or len(tasks) <= 1:
-        _init_worker(by_name, path)
+        _init_worker(by_name, path, groups)
         for task in tasks:
             take(*_task(task))
         return results
@@ -700,7 +694,7 @@ def run_file(
     # nothing a parent thread (the progress display) could hold a lock on
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(by_name, path)) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=(by_name, path, groups)) as pool:
         for name, found in pool.imap(_task, tasks):
             take(name, found)
     return results

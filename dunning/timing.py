@@ -33,6 +33,8 @@ _OFFSET_MARGIN = timedelta(hours=18)
 # tzdata never has two transitions closer than this, so sampling at this step finds them all.
 _TRANSITION_STEP = timedelta(hours=6)
 _EPSILON = timedelta(microseconds=1)
+_ONE_DAY = timedelta(days=1)
+_PAYDAY_LOOKBACK = timedelta(days=14)
 _WEEKEND = frozenset({5, 6})
 
 
@@ -136,12 +138,21 @@ def _country_zone(country: str) -> ZoneInfo | None:
     return _first_zone(phone_timezone.time_zones_for_geographical_number(example))
 
 
-def _phone_zone(phone: str, country: str | None) -> ZoneInfo | None:
+# Parsing is slow and a journey asks about the same number again and again (its zone when
+# planning, its validity when sending): parse each once. Frozen, so sharing it is safe.
+@lru_cache(maxsize=4096)
+def valid_phone_number(phone: str, country: str | None) -> phonenumbers.FrozenPhoneNumber | None:
+    """The number parsed in the customer's country, or None unless libphonenumber deems it valid."""
     try:
         number = phonenumbers.parse(phone, (country or "").upper() or None)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(number):
+    return phonenumbers.FrozenPhoneNumber(number) if phonenumbers.is_valid_number(number) else None
+
+
+def _phone_zone(phone: str, country: str | None) -> ZoneInfo | None:
+    number = valid_phone_number(phone, country)
+    if number is None:
         return None
     names = [
         name
@@ -161,13 +172,32 @@ def customer_zone(
     customer: Customer, payment_method: PaymentMethod | None, merchant_timezone: str
 ) -> ZoneInfo:
     """Profile timezone > phone number > card/bank country > customer country > merchant default."""
-    zone = _load_zone(customer.timezone)
-    if zone is None and customer.phone:
-        zone = _phone_zone(customer.phone, customer.country)
-    if zone is None and payment_method is not None and payment_method.country:
-        zone = _country_zone(payment_method.country)
-    if zone is None and customer.country:
-        zone = _country_zone(customer.country)
+    return _resolve_zone(
+        customer.timezone,
+        customer.phone,
+        customer.country,
+        payment_method.country if payment_method is not None else None,
+        merchant_timezone,
+    )
+
+
+# The engine asks on every plan; the answer depends only on these strings (and the zone data
+# the libraries ship).
+@lru_cache(maxsize=4096)
+def _resolve_zone(
+    timezone_name: str | None,
+    phone: str | None,
+    country: str | None,
+    method_country: str | None,
+    merchant_timezone: str,
+) -> ZoneInfo:
+    zone = _load_zone(timezone_name)
+    if zone is None and phone:
+        zone = _phone_zone(phone, country)
+    if zone is None and method_country:
+        zone = _country_zone(method_country)
+    if zone is None and country:
+        zone = _country_zone(country)
     if zone is None:
         zone = _load_zone(merchant_timezone)
     if zone is None:
@@ -207,22 +237,29 @@ def _last_business_day(year: int, month: int, country: str | None) -> date:
     day = date(year, month, calendar.monthrange(year, month)[1])
     first = date(year, month, 1)
     while day > first and not is_business_day(day, country):
-        day -= timedelta(days=1)
+        day -= _ONE_DAY
     return day
 
 
-def _month_paydays(year: int, month: int, rules: TimingRules, country: str | None) -> set[date]:
+# Pure in its arguments (bank calendars are fixed data); payday-preferring plans ask for the same
+# few months over and over.
+@lru_cache(maxsize=4096)
+def _month_paydays(
+    year: int, month: int, paydays: tuple[int | str, ...], country: str | None
+) -> frozenset[date]:
     length = calendar.monthrange(year, month)[1]
     days: set[date] = set()
-    for payday in rules.paydays:
+    for payday in paydays:
         if payday == LAST_BUSINESS_DAY:
             days.add(_last_business_day(year, month, country))
         else:
             days.add(date(year, month, min(int(payday), length)))
-    return days
+    return frozenset(days)
 
 
 def _utc(value: datetime, name: str) -> datetime:
+    if value.tzinfo is UTC:  # the common case: nothing to check or convert
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware, got {value!r}")
     return value.astimezone(UTC)
@@ -234,12 +271,39 @@ def paydays_in(
     """The paydays whose local date lies between the local dates of `start` and `end`."""
     first = _utc(start, "start").astimezone(zone).date()
     last = _utc(end, "end").astimezone(zone).date()
+    return _paydays_between(first, last, rules.paydays, country)
+
+
+def _paydays_between(
+    first: date, last: date, paydays: tuple[int | str, ...], country: str | None
+) -> list[date]:
     found: set[date] = set()
     year, month = first.year, first.month
     while (year, month) <= (last.year, last.month):
-        found |= _month_paydays(year, month, rules, country)
+        found |= _month_paydays(year, month, paydays, country)
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return sorted(d for d in found if first <= d <= last)
+
+
+def _allowed_day(day: date, bank: bool, country: str | None) -> bool:
+    """Cards may be retried any day; bank debits only on the country's business days."""
+    return not bank or is_business_day(day, country)
+
+
+# Journeys failing around the same dates share these: cache them like the calendars they come from.
+@lru_cache(maxsize=16384)
+def _preferred_days(
+    first: date, last: date, paydays: tuple[int | str, ...], country: str | None, bank: bool
+) -> frozenset[date]:
+    """Each payday with a local date in [first, last], and the first allowed day after it."""
+    preferred: set[date] = set()
+    for payday in _paydays_between(first, last, paydays, country):
+        preferred.add(payday)
+        following = payday + _ONE_DAY
+        while not _allowed_day(following, bank, country):
+            following += _ONE_DAY
+        preferred.add(following)
+    return frozenset(preferred)
 
 
 # --- local wall-clock intervals ----------------------------------------------------------
@@ -271,9 +335,11 @@ def _constant_offset_pieces(
     yield piece_start, end, piece_offset
 
 
+# Every retry and message placement walks these day by day; a few hundred zone-days cover a run.
+@lru_cache(maxsize=16384)
 def _local_intervals(
     day: date, begin: time, finish: time, zone: ZoneInfo
-) -> list[tuple[datetime, datetime]]:
+) -> tuple[tuple[datetime, datetime], ...]:
     """Exactly the UTC instants whose local wall clock reads `day` between begin and finish.
 
     Built per constant-offset piece, so a wall time skipped by a DST gap starts the interval at
@@ -293,7 +359,7 @@ def _local_intervals(
             intervals[-1] = (intervals[-1][0], hi)
         else:
             intervals.append((lo, hi))
-    return intervals
+    return tuple(intervals)
 
 
 # --- retries -----------------------------------------------------------------------------
@@ -341,36 +407,28 @@ def place_retry(
     bank = payment_method.is_bank_debit
     country = payment_method.country
     begin, finish = rules.business_hours if bank else rules.retry_hours
+    last_day = high.astimezone(zone).date()
 
-    def allowed(day: date) -> bool:
-        return not bank or is_business_day(day, country)
-
-    preferred: set[date] = set()
+    preferred: frozenset[date] = frozenset()
     if prefer_payday and rules.paydays:
         # Look back far enough that the first allowed day after a payday can land in range.
-        for payday in paydays_in(low - timedelta(days=14), high, zone, rules, country):
-            preferred.add(payday)
-            following = payday + timedelta(days=1)
-            while not allowed(following):
-                following += timedelta(days=1)
-            preferred.add(following)
+        first_day = (low - _PAYDAY_LOOKBACK).astimezone(zone).date()
+        preferred = _preferred_days(first_day, last_day, rules.paydays, country, bank)
 
     earliest: datetime | None = None
-    day = low.astimezone(zone).date() - timedelta(days=1)  # a midnight fold can step back a day
-    last_day = high.astimezone(zone).date()
+    day = low.astimezone(zone).date() - _ONE_DAY  # a midnight fold can step back a day
     while day <= last_day:
-        if allowed(day):
+        if _allowed_day(day, bank, country):
             for start, end in _local_intervals(day, begin, finish, zone):
                 usable_start, usable_end = max(start, low), min(end, stop)
                 if usable_start >= usable_end:
                     continue
-                moment = _pick(usable_start, usable_end, rules, jitter_key)
                 if not preferred or day in preferred:
-                    return moment
+                    return _pick(usable_start, usable_end, rules, jitter_key)
                 if earliest is None:
-                    earliest = moment
+                    earliest = _pick(usable_start, usable_end, rules, jitter_key)
                 break
-        day += timedelta(days=1)
+        day += _ONE_DAY
     if earliest is not None or bank:
         return earliest
     return _pick(low, stop, rules, jitter_key)
@@ -381,7 +439,7 @@ def place_retry(
 
 def in_quiet_hours(at: datetime, zone: ZoneInfo, rules: TimingRules) -> bool:
     """True when the recipient's local clock is outside [quiet_hours_end, quiet_hours_start)."""
-    wall = _utc(at, "at").astimezone(zone).time().replace(tzinfo=None, fold=0)
+    wall = _utc(at, "at").astimezone(zone).time()  # naive; time comparisons ignore fold
     return not rules.quiet_hours_end <= wall < rules.quiet_hours_start
 
 
@@ -390,12 +448,12 @@ def next_message_time(at: datetime, zone: ZoneInfo, rules: TimingRules) -> datet
     moment = _utc(at, "at")
     if not in_quiet_hours(moment, zone, rules):
         return moment
-    day = moment.astimezone(zone).date() - timedelta(days=1)
+    day = moment.astimezone(zone).date() - _ONE_DAY
     # A week covers any allowed window swallowed whole by a DST gap on some day.
     for _ in range(9):
         allowed = _local_intervals(day, rules.quiet_hours_end, rules.quiet_hours_start, zone)
         for start, end in allowed:
             if end > moment:
                 return max(start, moment)
-        day += timedelta(days=1)
+        day += _ONE_DAY
     raise ValueError(f"no allowed messaging time in {zone.key} after {moment.isoformat()}")

@@ -456,6 +456,22 @@ def test_violations_orders_by_time() -> None:
     assert violations([attempt(T0 - timedelta(days=1)), stop], LIMITS) == []
 
 
+def test_violations_check_each_attempt_against_every_earlier_decline_on_its_card_only() -> None:
+    hour = timedelta(hours=1)
+    ledger = [  # out of order: violations sorts by time
+        attempt(T0 + 4 * hour, brand="mastercard", card_key="fp_a", pm="pm_a", decline=None),
+        attempt(T0 + hour, card_key="fp_b", pm="pm_b", decline=Decline(decline_code="lost_card")),
+        attempt(T0 + 3 * hour, card_key="fp_b", pm="pm_b", journey="j2"),
+        attempt(T0, brand="mastercard", card_key="fp_a", pm="pm_a", decline=Decline(network_advice_code="02")),
+        attempt(T0 + 2 * hour, brand="mastercard", card_key="fp_a", pm="pm_a2", journey="j3"),
+    ]
+    assert violations(ledger, LIMITS) == [
+        f"attempt at {(T0 + 2 * hour).isoformat()} on fp_a/pm_a2 by j3 is within 3d of the decline at {T0.isoformat()}",
+        f"attempt at {(T0 + 3 * hour).isoformat()} on fp_b/pm_b by j2 follows a stop on pm_b at {(T0 + hour).isoformat()}",
+        f"attempt at {(T0 + 4 * hour).isoformat()} on fp_a/pm_a by j1 is within 3d of the decline at {T0.isoformat()}",
+    ]
+
+
 # --- property: following earliest_attempt never breaks a rule -----------------------------------
 
 RETRYABLE = [

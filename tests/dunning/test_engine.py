@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dunning import engine, offline
+from dunning import budgets, declines, engine, offline, timing
 from dunning.budgets import CardAttempt, violations
 from dunning.models import Channel, ChargeOutcome, Decline, FailedPayment, PaymentMethod, Stage
 from dunning.policy import load_policy, parse_policy
@@ -406,3 +406,15 @@ def test_a_refused_charge_keeps_its_attempt_number_and_spends_no_budget():
     assert following.attempt_number == first.attempt_number + 1, "an idempotency key is never reused"
     history = engine._card_history(state)
     assert all(h.at != first.at for h in history), "a refused request never reached the network"
+
+
+def test_the_engines_caches_are_bounded():
+    """Workflows share these modules in a long-running worker: no cache may grow without limit."""
+    cached = [
+        value
+        for module in (engine, budgets, declines, timing)
+        for value in vars(module).values()
+        if hasattr(value, "cache_parameters")
+    ]
+    assert cached, "the engine caches its pure helpers"
+    assert all(f.cache_parameters()["maxsize"] is not None for f in cached)

@@ -17,6 +17,7 @@ from dunning.timing import (
     next_message_time,
     paydays_in,
     place_retry,
+    valid_phone_number,
 )
 
 UTC = timezone.utc
@@ -156,6 +157,16 @@ def test_customer_country_when_card_country_unknown() -> None:
     customer = Customer(id="c", country="jp")
     assert customer_zone(customer, PaymentMethod(id="pm"), "UTC") == TOKYO
     assert customer_zone(Customer(id="c", country="US"), None, "UTC") == NEW_YORK
+
+
+def test_a_phone_number_is_parsed_once_and_shared_frozen() -> None:
+    number = valid_phone_number("03-1234-5678", "JP")
+    assert number is not None and number.country_code == 81
+    assert valid_phone_number("03-1234-5678", "JP") is number
+    with pytest.raises(TypeError):
+        number.country_code = 1  # type: ignore[misc]
+    assert valid_phone_number("+15555550100", "US") is None  # parses, but 555 is not an area code
+    assert valid_phone_number("not a phone", None) is None
 
 
 def test_unknown_everything_uses_merchant_zone() -> None:
