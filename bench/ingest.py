@@ -10,9 +10,12 @@ STRIPE_WEBHOOK_SECRET must be the service's secret, and the store named by DATAB
 DUNNING_DATA_DIR gives the policy version); its journeys (ids dunning-in_bench…) are left there.
 
 Measures, in ABBA order so the server's growing database favours neither: the webhook rate (N
-events at concurrency C, each answered 200 "processed" — persisted in Temporal), the raw rate (the
-same signal-with-start, `dunning.triggers.start_journey`, straight to Temporal at concurrency C),
-and latency at a paced R events/s. Prints a table, then as its last line
+events at concurrency C, timed until every one is carried out — its journey started in Temporal,
+its inbox row `processed` — not merely answered), the raw rate (the same signal-with-start,
+`dunning.triggers.start_journey`, straight to Temporal at concurrency C), and the answer latency
+at a paced R events/s (an answer comes once the event is recorded and its start done, or after
+DUNNING_WEBHOOK_ANSWER_WITHIN_MS as `accepted`; the table says how long the backlog took to drain
+after the last answer). Prints a table, then as its last line
 {"webhook_rate": …, "raw_rate": …, "ratio": …, "p99_ms": …}.
 """
 
@@ -43,12 +46,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from dunning.config import Settings  # noqa: E402
 from dunning.models import Customer, FailedPayment  # noqa: E402
 from dunning.policies import policy_for_new_journeys  # noqa: E402
 from dunning.stack import search_attribute_flags, temporal_binary  # noqa: E402
 from dunning.store import Store  # noqa: E402
+from dunning.store.schema import WebhookEvent  # noqa: E402
 from dunning.stripe_events import signature_header  # noqa: E402
 from dunning.temporal import connect  # noqa: E402
 from dunning.triggers import start_journey  # noqa: E402
@@ -56,6 +61,7 @@ from dunning.triggers import start_journey  # noqa: E402
 START_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 30.0
 WARM_UP = 50
+DRAIN_TIMEOUT = 120.0
 BENCH_SECRET = "whsec_bench_" + uuid.uuid4().hex
 
 
@@ -270,6 +276,7 @@ class Phase:
     latencies: list[float]
     errors: list[str]
     cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds spent in the phase
+    drain: float = 0.0  # seconds from the last answer until every event was carried out
 
     @property
     def rate(self) -> float:
@@ -292,7 +299,19 @@ class Poster:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        if self.idle:
+            try:
+                return await self._post(self.idle.pop(), path, body, headers)
+            except asyncio.IncompleteReadError as error:
+                if error.partial:
+                    raise
+                # The server closed this connection while it sat idle (uvicorn does after 5 s):
+                # send again on a new one, as HTTP clients do.
+        return await self._post(await asyncio.open_connection(self.host, self.port), path, body, headers)
+
+    async def _post(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str, body: bytes,
+                    headers: dict[str, str]) -> tuple[int, bytes]:
+        reader, writer = connection
         head = f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         writer.write(head.encode() + body)
@@ -323,12 +342,42 @@ async def _post(http: Poster, stack: Stack, event: dict[str, Any]) -> tuple[floa
     except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, RuntimeError) as error:
         return time.perf_counter() - started, f"{event['id']}: {type(error).__name__} {error}"
     took = time.perf_counter() - started
-    if status != 200 or json.loads(payload).get("status") != "processed":
+    if status != 200 or json.loads(payload).get("status") not in ("processed", "accepted"):
         return took, f"{event['id']}: HTTP {status} {payload[:200].decode(errors='replace')}"
     return took, None
 
 
-async def webhook_phase(name: str, http: Poster, stack: Stack, events: list[dict[str, Any]], concurrency: int) -> Phase:
+class Inbox:
+    """The service's inbox, read for this run's events: an event counts once it is carried out."""
+
+    def __init__(self, store: Store, run: str) -> None:
+        self.store, self.pattern = store, f"evt_bench{run}%"
+        self.failed = 0  # failed rows seen so far: each phase reports its own
+
+    def _counts(self) -> dict[str, int]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                select(WebhookEvent.status, func.count()).where(WebhookEvent.event_id.like(self.pattern)).group_by(WebhookEvent.status)
+            )
+            return {status: count for status, count in rows}
+
+    async def drain(self, phase: Phase, answered_at: float) -> Phase:
+        """Wait until no event of the run is left `received`; the phase then ends there."""
+        deadline = time.perf_counter() + DRAIN_TIMEOUT
+        while (counts := await asyncio.to_thread(self._counts)).get("received", 0):
+            if time.perf_counter() > deadline:
+                phase.errors.append(f"{counts['received']} events still not carried out {DRAIN_TIMEOUT:.0f} s after the last answer")
+                break
+            await asyncio.sleep(0.02)
+        phase.drain = time.perf_counter() - answered_at
+        phase.seconds += phase.drain
+        if counts.get("failed", 0) > self.failed:
+            phase.errors.append(f"{counts['failed'] - self.failed} events failed in the inbox")
+        self.failed = counts.get("failed", 0)
+        return phase
+
+
+async def webhook_phase(name: str, http: Poster, stack: Stack, inbox: Inbox, events: list[dict[str, Any]], concurrency: int) -> Phase:
     queue = iter(events)
     latencies: list[float] = []
     errors: list[str] = []
@@ -342,7 +391,8 @@ async def webhook_phase(name: str, http: Poster, stack: Stack, events: list[dict
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Phase(name, len(events), time.perf_counter() - started, latencies, errors)
+    answered = time.perf_counter()
+    return await inbox.drain(Phase(name, len(events), answered - started, latencies, errors), answered)
 
 
 async def raw_phase(name: str, client: Any, payments: list[FailedPayment], version: str, concurrency: int) -> Phase:
@@ -364,7 +414,7 @@ async def raw_phase(name: str, client: Any, payments: list[FailedPayment], versi
     return Phase(name, len(payments), time.perf_counter() - started, latencies, errors)
 
 
-async def paced_phase(http: Poster, stack: Stack, events: list[dict[str, Any]], rate: float) -> Phase:
+async def paced_phase(http: Poster, stack: Stack, inbox: Inbox, events: list[dict[str, Any]], rate: float) -> Phase:
     """Open loop: event i is sent at i/rate seconds, whatever the earlier ones are doing."""
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -375,7 +425,9 @@ async def paced_phase(http: Poster, stack: Stack, events: list[dict[str, Any]], 
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(_post(http, stack, event)))
     results = await asyncio.gather(*tasks)
-    return Phase(f"webhook paced at {rate:g}/s", len(events), loop.time() - began, [t for t, _ in results], [e for _, e in results if e])
+    answered = time.perf_counter()
+    phase = Phase(f"webhook paced at {rate:g}/s", len(events), loop.time() - began, [t for t, _ in results], [e for _, e in results if e])
+    return await inbox.drain(phase, answered)
 
 
 async def paced_raw_phase(client: Any, payments: list[FailedPayment], version: str, rate: float) -> Phase:
@@ -407,7 +459,8 @@ def _merge(name: str, phases: list[Phase]) -> Phase:
         for key, value in p.cpu.items():
             cpu[key] = cpu.get(key, 0.0) + value
     return Phase(name, sum(p.events for p in phases), sum(p.seconds for p in phases),
-                 [x for p in phases for x in p.latencies], [x for p in phases for x in p.errors], cpu)
+                 [x for p in phases for x in p.latencies], [x for p in phases for x in p.errors], cpu,
+                 sum(p.drain for p in phases))
 
 
 class CpuMeter:
@@ -446,11 +499,11 @@ async def _http(stack: Stack) -> AsyncIterator[Poster]:
 
 def _table(phases: list[Phase]) -> str:
     names = [n for n in ("temporal", "http", "bench") if any(n in p.cpu for p in phases)]
-    rows = [("phase", "events", "seconds", "events/s", "p50 ms", "p99 ms", "max ms", "errors", *(f"cpu {n} ms/ev" for n in names))]
+    rows = [("phase", "events", "seconds", "events/s", "p50 ms", "p99 ms", "max ms", "drain s", "errors", *(f"cpu {n} ms/ev" for n in names))]
     for p in phases:
         cpu = tuple(f"{p.cpu[n] / p.events * 1000:.1f}" if n in p.cpu else "-" for n in names)
         rows.append((p.name, str(p.events), f"{p.seconds:.2f}", f"{p.rate:.0f}", f"{p.percentile(50):.1f}",
-                     f"{p.percentile(99):.1f}", f"{p.percentile(100):.1f}", str(len(p.errors)), *cpu))
+                     f"{p.percentile(99):.1f}", f"{p.percentile(100):.1f}", f"{p.drain:.2f}", str(len(p.errors)), *cpu))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "-" * len(lines[0]))
@@ -469,9 +522,14 @@ async def measure(args: argparse.Namespace, stack: Stack) -> int:
     run_id = uuid.uuid4().hex[:8]
     store = Store.from_settings(stack.settings)
     try:
-        version = policy_for_new_journeys(store).version
+        return await _measure(args, stack, store, run_id)
     finally:
         store.dispose()
+
+
+async def _measure(args: argparse.Namespace, stack: Stack, store: Store, run_id: str) -> int:
+    version = policy_for_new_journeys(store).version
+    inbox = Inbox(store, run_id)
     client = await asyncio.wait_for(connect(stack.settings), 10)
     counter = iter(range(10**9))
     events = lambda k: [failure_event(run_id, next(counter)) for _ in range(k)]  # noqa: E731
@@ -481,7 +539,7 @@ async def measure(args: argparse.Namespace, stack: Stack) -> int:
     async def webhooks(name: str, k: int) -> Phase:
         # Connections per phase: uvicorn closes those idle for 5 s (while raw phases run).
         async with _http(stack) as http:
-            return await meter.measure(webhook_phase(name, http, stack, events(k), args.concurrency))
+            return await meter.measure(webhook_phase(name, http, stack, inbox, events(k), args.concurrency))
 
     await webhooks("warm-up", WARM_UP)
     await raw_phase("warm-up", client, payments(WARM_UP), version, args.concurrency)
@@ -493,11 +551,11 @@ async def measure(args: argparse.Namespace, stack: Stack) -> int:
     webhook = _merge(f"webhook, signed, via HTTP (C={args.concurrency})", [w1, w2])
     raw = _merge(f"raw start_workflow (C={args.concurrency})", [r1, r2])
     async with _http(stack) as http:
-        paced = await meter.measure(paced_phase(http, stack, events(args.paced_events), args.rate))
+        paced = await meter.measure(paced_phase(http, stack, inbox, events(args.paced_events), args.rate))
     paced_raw = await meter.measure(paced_raw_phase(client, payments(args.paced_events), version, args.rate))
     # The same at a quarter of the rate: the latency of one event when the box is not saturated.
     async with _http(stack) as http:
-        light = await meter.measure(paced_phase(http, stack, events(max(1, args.paced_events // 4)), args.rate / 4))
+        light = await meter.measure(paced_phase(http, stack, inbox, events(max(1, args.paced_events // 4)), args.rate / 4))
     ratio = webhook.rate / raw.rate if raw.rate else 0.0
     p99 = paced.percentile(99)
     print(f"dunning webhook ingest benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         default=None, description="Temporal UI origins allowed to call /codec (comma-separated)"
     )
     dunning_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    dunning_webhook_answer_within_ms: int = Field(
+        default=25,
+        ge=0,
+        description="how long a webhook answer waits for its start or signal; then it answers `accepted` and finishes in the background",
+    )
     dunning_http_host: str = Field(default="127.0.0.1", description="bind address (0.0.0.0 in a container)")
     database_url_file: Path | None = None
     dunning_codec_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)

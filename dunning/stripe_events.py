@@ -288,8 +288,9 @@ ROUTES: Mapping[str, Route] = {
     # Deferred: finding the invoice of a disputed charge may need a Stripe lookup.
     "charge.dispute.created": Route(Action.pause, _dispute_targets, reason="a dispute was opened", deferred=True),
     "charge.dispute.closed": Route(Action.resume, _dispute_targets, reason="the dispute was closed", deferred=True),
+    # Deferred: the subscription's other open journeys are found through visibility.
     "customer.subscription.deleted": Route(
-        Action.cancel, _latest_invoice, ignore=_ours, reason="the subscription was deleted in Stripe"
+        Action.cancel, _latest_invoice, ignore=_ours, reason="the subscription was deleted in Stripe", deferred=True
     ),
     "invoice.voided": Route(Action.cancel, _own_id, ignore=_ours, reason="the invoice was voided in Stripe"),
     "invoice.marked_uncollectible": Route(
@@ -312,6 +313,7 @@ class Instruction:
     payment: FailedPayment | None = None  # for start
     payment_method: PaymentMethod | None = None  # for method_updated (may be only an id)
     invoice_unknown: bool = False  # a PaymentIntent failure whose payload cannot say if it has an invoice
+    subscription: tuple[str, str] | None = None  # (subscription, customer) whose open journeys all end
     ignored: str | None = None
 
 
@@ -356,6 +358,8 @@ def interpret(event: Json) -> Instruction:
         return Instruction(**base, action=route.action, ignored=str(error))
     if route.action is Action.method_updated:
         fields["payment_method"] = _method_of(kind, obj)
+    if kind == "customer.subscription.deleted" and _id(obj.get("customer")):
+        fields["subscription"] = (obj["id"], _id(obj.get("customer")))
     return Instruction(**base, **fields)
 
 

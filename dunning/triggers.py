@@ -21,6 +21,8 @@ from dunning.journey import (
 )
 from dunning.models import FailedPayment
 
+MEMO_SUBSCRIPTION = "subscription"
+
 
 async def start_journey(
     client: Client,
@@ -43,6 +45,8 @@ async def start_journey(
         result_type=JourneyStatus,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        # Read back when the subscription is deleted: every open journey of it is cancelled.
+        memo={MEMO_SUBSCRIPTION: payment.subscription_id} if payment.subscription_id else None,
         start_signal=SIGNAL_PAYMENT_FAILED,
         start_signal_args=[
             PaymentFailed(event_id=event_id, at=payment.failed_at, decline=payment.initial_decline)

@@ -152,7 +152,11 @@ steps:
 def webhook_app(harness: Any, tmp_path: Any, client: Any, **settings: Any) -> FastAPI:
     """create_app on the harness's store, journeys on the harness's task queue, its policy active."""
     harness.store.activate_policy(harness.policy_version, activated_by="test", reason="test")
-    values = {"dunning_data_dir": tmp_path, "temporal_address": "127.0.0.1:1", "dunning_api_token": TOKEN, "stripe_webhook_secret": SECRET}
+    # An answer waits for its outcome (tests assert on it) unless others are under way; 0 tests `accepted`.
+    values = {
+        "dunning_data_dir": tmp_path, "temporal_address": "127.0.0.1:1", "dunning_api_token": TOKEN,
+        "stripe_webhook_secret": SECRET, "dunning_webhook_answer_within_ms": 60_000,
+    }
     app = create_app(Settings(**{**values, **settings}), harness.store, client)
     app.state.webhooks.task_queue = harness.task_queue
     return app

@@ -457,8 +457,9 @@ class Store:
         self, *, event_id: str, source: str, type: str, payload: dict[str, Any]
     ) -> bool:
         """True when the event is new, False for a duplicate delivery (never raises for one)."""
-        with self._write() as session:
-            result = session.execute(
+        # Core, not the ORM session: this and the mark below run for every webhook delivery.
+        with self._write_engine.begin() as conn:
+            result = conn.execute(
                 self._insert(WebhookEvent)
                 .values(
                     event_id=event_id,
@@ -477,8 +478,8 @@ class Store:
     def mark_webhook_event(self, event_id: str, status: str, error: str | None = None) -> None:
         if status not in WEBHOOK_STATUSES:
             raise ValueError(f"unknown webhook event status {status!r}")
-        with self._write() as session:
-            result = session.execute(
+        with self._write_engine.begin() as conn:
+            result = conn.execute(
                 update(WebhookEvent)
                 .where(WebhookEvent.event_id == event_id)
                 .values(status=status, error=error)

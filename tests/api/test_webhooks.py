@@ -180,6 +180,44 @@ async def test_when_temporal_is_down_the_event_fails_and_its_redelivery_is_acted
     await dev_env.client.get_workflow_handle("dunning-in_down").terminate("test over")
 
 
+async def test_an_answer_past_its_time_budget_is_accepted_and_the_start_still_happens_once(dev_env, harness, tmp_path):
+    app = webhook_app(harness, tmp_path, dev_env.client, dunning_webhook_answer_within_ms=0)
+    failure = event("invoice.payment_failed", invoice("in_budget", "cus_budget"))
+    async with http(app) as client:
+        answer = await post_event(client, failure)
+        assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
+        again = await post_event(client, failure)  # Stripe retrying while the start is under way
+        assert again.json()["status"] == "duplicate"
+        await app.state.webhooks.idle(30)
+        assert len(await listed(client, "cus_budget", 1)) == 1
+    counts = harness.store.webhook_event_counts()
+    assert (counts["received"], counts["processed"], counts["failed"]) == (0, 1, 0)
+    await dev_env.client.get_workflow_handle("dunning-in_budget").terminate("test over")
+
+
+async def test_an_accepted_event_whose_start_then_fails_is_started_by_the_sweeper(dev_env, harness, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    app = webhook_app(harness, tmp_path, None, temporal_address=closed, dunning_webhook_answer_within_ms=0)
+    failure = event("invoice.payment_failed", invoice("in_later", "cus_later"))
+    async with http(app) as client:
+        answer = await post_event(client, failure)
+        assert answer.json()["status"] == "accepted", "Stripe will not redeliver: the engine owns the retry"
+        ingest = app.state.webhooks
+        await ingest.idle(30)
+        assert harness.store.webhook_event_counts()["failed"] == 1
+        app.state.services.client = dev_env.client  # Temporal is back
+        assert await ingest.sweep_once(older_than=timedelta(0)) == 1
+        await ingest.idle(30)
+        assert await exists(dev_env.client, "dunning-in_later")
+        assert await ingest.sweep_once(older_than=timedelta(0)) == 0, "nothing left to do"
+        await ingest.stop()
+    counts = harness.store.webhook_event_counts()
+    assert (counts["failed"], counts["processed"]) == (0, 1)
+    await dev_env.client.get_workflow_handle("dunning-in_later").terminate("test over")
+
+
 async def test_the_sweeper_acts_on_events_a_crash_left_received_or_that_failed(dev_env, harness, tmp_path):
     app = webhook_app(harness, tmp_path, dev_env.client)
     crashed = event("invoice.payment_failed", invoice("in_crash", "cus_crash"))

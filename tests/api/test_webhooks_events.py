@@ -33,10 +33,11 @@ def test_every_route_is_declared_once_with_its_action():
         "invoice.voided": Action.cancel,
         "invoice.marked_uncollectible": Action.cancel,
     }
-    # Only what needs a worker (updates) or a Stripe lookup (disputes) waits for the dispatcher.
+    # Only what needs a worker (updates), a Stripe lookup (disputes) or a visibility search
+    # (a subscription's journeys) waits for the dispatcher.
     assert {k for k, r in ROUTES.items() if r.deferred} == {
         "payment_method.attached", "customer.updated", "setup_intent.succeeded",
-        "charge.dispute.created", "charge.dispute.closed",
+        "charge.dispute.created", "charge.dispute.closed", "customer.subscription.deleted",
     }
 
 
@@ -129,8 +130,8 @@ def test_disputes_pause_and_resume_the_charge_payment():
 def test_cancellations_by_others_cancel_and_our_own_hand_off_is_recognised():
     voided = interpret(event("invoice.voided", invoice("in_10", "c", status="void")))
     assert (voided.action, voided.targets, voided.reason) == (Action.cancel, ("in_10",), "the invoice was voided in Stripe")
-    deleted = interpret(event("customer.subscription.deleted", {"id": "sub_1", "object": "subscription", "latest_invoice": "in_11"}))
-    assert deleted.targets == ("in_11",)
+    deleted = interpret(event("customer.subscription.deleted", {"id": "sub_1", "object": "subscription", "customer": "cus_1", "latest_invoice": "in_11"}))
+    assert (deleted.targets, deleted.subscription, deleted.deferred) == (("in_11",), ("sub_1", "cus_1"), True)
     ours = event("invoice.marked_uncollectible", invoice("in_12", "c", status="uncollectible"))
     ours["request"] = {"id": "req_1", "idempotency_key": "dunning-in_12:escalate:hand_off"}
     assert interpret(ours).ignored == "caused by the engine's own escalation (dunning-in_12:escalate:hand_off)"

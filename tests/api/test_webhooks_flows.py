@@ -116,6 +116,7 @@ async def test_paid_and_failed_delivered_at_once_never_leave_a_journey_collectin
         ]
         answers = await asyncio.gather(*(post_event(client, e) for pair in pairs for e in pair))
         assert all(a.status_code == 200 for a in answers)
+        await app.state.webhooks.idle(WAIT)  # answers given while others were under way say `accepted`
         for reference in references:
             journey_id = f"dunning-{reference}"
             if await exists(dev_env.client, journey_id):
@@ -183,6 +184,27 @@ async def test_cancelled_by_others_but_not_by_our_own_hand_off(dev_env, harness,
         status = await asyncio.wait_for(handle.result(), WAIT)
     assert status.stage is Stage.cancelled
     assert status.end_reason == "the invoice was voided in Stripe (invoice.voided)"
+
+
+async def test_a_deleted_subscription_cancels_every_open_journey_of_it(dev_env, harness, tmp_path):
+    """Two unpaid invoices of one subscription, one of another: only the first two end."""
+    references = {"in_sub1": "sub_gone", "in_sub2": "sub_gone", "in_kept": "sub_kept"}
+    app = webhook_app(harness, tmp_path, dev_env.client)
+    async with http(app) as client, harness.worker():
+        for reference, subscription in references.items():
+            harness.gateway.register(scenario(reference, "cus_sub"))
+            failed = invoice(reference, "cus_sub", parent={"type": "subscription_details", "subscription_details": {"subscription": subscription}})
+            await post_event(client, event("invoice.payment_failed", failed))
+            await running(dev_env.client, f"dunning-{reference}")
+        deleted = {"id": "sub_gone", "object": "subscription", "customer": "cus_sub", "status": "canceled", "latest_invoice": "in_sub2"}
+        assert (await post_event(client, event("customer.subscription.deleted", deleted))).json()["status"] == "accepted"
+        await app.state.webhooks.idle(WAIT)
+        for reference in ("in_sub1", "in_sub2"):
+            handle = dev_env.client.get_workflow_handle(f"dunning-{reference}", result_type=JourneyStatus)
+            status = await asyncio.wait_for(handle.result(), WAIT)
+            assert (status.stage, status.end_reason) == (Stage.cancelled, "the subscription was deleted in Stripe (customer.subscription.deleted)")
+        assert (await running(dev_env.client, "dunning-in_kept")).stage is not Stage.cancelled
+        await dev_env.client.get_workflow_handle("dunning-in_kept").terminate("test over")
 
 
 async def test_a_dispute_pauses_the_journey_and_its_close_resumes_it(dev_env, harness, tmp_path):
