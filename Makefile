@@ -9,7 +9,7 @@ DATA_DIR := $(or $(DUNNING_DATA_DIR),data)
 PYTEST_ARGS ?=
 # Debian's headless Chromium for the dashboard's browser test (installed once, by apt).
 CHROMIUM := /usr/bin/chromium
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:

@@ -21,7 +21,7 @@ def main() -> None:
     store.upgrade()
     publish_configured_policy(store, settings)
     app = create_app(settings, store)
-    uvicorn.run(app, host="127.0.0.1", port=settings.dunning_http_port, log_level="info")
+    uvicorn.run(app, host=settings.dunning_http_host, port=settings.dunning_http_port, log_level="info")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from dunning.ports import MessageSender, PaymentGateway
 from dunning.store import Store
 from dunning.temporal import connect
 from workflows.dunning import DunningWorkflow
-from workflows.sandbox import workflow_runner
 from workflows.export import CollectionsExportWorkflow
+from workflows.sandbox import workflow_runner
 
 ACTIVITY_THREADS = 32  # activities do blocking I/O (SQL, provider SDKs)
 

@@ -14,14 +14,18 @@ from temporalio.exceptions import ApplicationError
 
 from dunning.collections.config import CollectionsConfig, CollectionsConfigError
 from dunning.collections.delivery import DeliveryRefused, Destination
-from dunning.collections.export import BuildExport, ExportBatch, ExportedFile, ExportResult, business_date_for
+from dunning.collections.export import (
+    EXPORT_REFUSED,
+    BuildExport,
+    ExportBatch,
+    ExportedFile,
+    ExportResult,
+    business_date_for,
+)
 from dunning.collections.format import ExportFormatError, RenderedBatch, export_id_for, render_batch
 from dunning.collections.placement import PlacementRequest, PlacementResult, placement_id_for
 from dunning.store import Store
 from dunning.store.records import PlacementRecord
-
-EXPORT_REFUSED = "ExportRefused"
-
 
 def refused(message: str) -> ApplicationError:
     """A failure no retry fixes (bad data, bad credentials): Temporal must not retry it."""
@@ -103,8 +107,9 @@ class CollectionsActivities:
             export_id=export_id_for(business_date), business_date=business_date, at=datetime.now(UTC)
         )
         rendered = self._render(export.export_id, export.business_date, placements, recalls)
+        files = [f.describe() for f in rendered.files]
         try:
-            self.store.record_export_files(export.export_id, [f.describe() for f in rendered.files], rendered.manifest)
+            self.store.record_export_files(export.export_id, files, rendered.manifest)
         except ValueError as exc:
             raise refused(str(exc)) from exc
         return ExportBatch(
@@ -112,7 +117,7 @@ class CollectionsActivities:
             business_date=export.business_date,
             placements=len(placements),
             recalls=len(recalls),
-            files=tuple(ExportedFile(**f.describe()) for f in rendered.files),
+            files=tuple(ExportedFile(**f) for f in files),
         )
 
     @activity.defn(name="collections.deliver_export")
@@ -124,23 +129,23 @@ class CollectionsActivities:
             raise refused(f"no export {export_id!r}: build it first")
         export, placements, recalls = found
         rendered = self._render(export_id, export.business_date, placements, recalls)
-        if [f.describe() for f in rendered.files] != export.files:
+        files = [f.describe() for f in rendered.files]
+        if files != export.files:
             raise refused(f"export {export_id} no longer renders the bytes recorded when it was built; not delivering")
         try:
             self.destination.deliver(rendered, progress=lambda name: activity.heartbeat(name))
         except DeliveryRefused as exc:
             raise refused(str(exc)) from exc
-        delivered = self.store.mark_export_delivered(
-            export_id, destination=self.destination.describe(), at=datetime.now(UTC)
-        )
+        destination = self.destination.describe()
+        delivered = self.store.mark_export_delivered(export_id, destination=destination, at=datetime.now(UTC))
         assert delivered.delivered_at is not None
         return ExportResult(
             export_id=export_id,
             business_date=export.business_date,
             placements=len(placements),
             recalls=len(recalls),
-            files=tuple(ExportedFile(**f.describe()) for f in rendered.files),
-            destination=self.destination.describe(),
+            files=tuple(ExportedFile(**f) for f in files),
+            destination=destination,
             delivered_at=delivered.delivered_at,
         )
 

@@ -23,6 +23,8 @@ from dunning.collections.format import RenderedBatch
 
 REQUEST_TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 SIGNATURE_HEADER = "X-Dunning-Signature"
+# Client errors that mean "try later" rather than "never": retried like 3xx/5xx.
+TRANSIENT_CLIENT_ERRORS = frozenset({408, 425, 429})
 
 
 def sign(secret: str, timestamp: int, name: str, body: bytes) -> str:
@@ -71,7 +73,7 @@ class HttpsDestination:
                 response = http.post(self.url, content=file.content, headers=headers)
                 if response.status_code >= 300:
                     message = f"{self.describe()} answered {response.status_code} for {file.name}: {response.text[:200]}"
-                    if 400 <= response.status_code < 500 and response.status_code not in (408, 425, 429):
+                    if 400 <= response.status_code < 500 and response.status_code not in TRANSIENT_CLIENT_ERRORS:
                         raise DeliveryRefused(message)
-                    raise ConnectionError(message)  # 3xx/5xx/408/429: transient, retried
+                    raise ConnectionError(message)  # transient, retried
                 progress(file.name)

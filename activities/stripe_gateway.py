@@ -26,9 +26,10 @@ import stripe
 from temporalio.exceptions import ApplicationError
 
 from activities.payments import permanent_error
-from dunning.models import ChargeOutcome, Customer, Decline, FailedPayment, PaymentMethod
+from dunning.models import ChargeOutcome, Customer, Decline, FailedPayment
 from dunning.policy import Action
 from dunning.ports import ChargeRequest, CollectionContext, EscalationRequest, ReconcileRequest
+from dunning.stripe_events import id_of, payment_method_from, subscription_of
 
 if TYPE_CHECKING:
     from dunning.config import Settings
@@ -58,15 +59,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, stripe.StripeObject):
         return value.to_dict()
     return value
-
-
-def _id(value: Any) -> str | None:
-    """An expandable field: an id, an expanded object, or nothing."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping):
-        return value.get("id")
-    return None
 
 
 def _header(error: stripe.StripeError, name: str) -> str | None:
@@ -109,7 +101,8 @@ def _transient(error: stripe.StripeError, what: str) -> ApplicationError:
     )
 
 
-def _is_transient(error: stripe.StripeError) -> bool:
+def is_transient(error: stripe.StripeError) -> bool:
+    """Worth retrying: Stripe unreachable, overloaded, or a conflicting request in flight."""
     if isinstance(error, (stripe.APIConnectionError, stripe.RateLimitError)):
         return True
     status = error.http_status or 0
@@ -134,7 +127,7 @@ def _calling(what: str) -> Iterator[None]:
     except stripe.CardError:
         raise
     except stripe.StripeError as error:
-        if _is_transient(error):
+        if is_transient(error):
             raise _transient(error, what) from error
         raise _permanent(error, what) from error
 
@@ -164,27 +157,27 @@ class StripeGateway:
             if payment.kind == "invoice":
                 params = {"expand": ["payments"]} if want_decline else None
                 invoice = _plain(self.client.v1.invoices.retrieve(payment.id, params))
-                customer_id = _id(invoice.get("customer")) or payment.customer.id
+                customer_id = id_of(invoice.get("customer")) or payment.customer.id
                 update_url = invoice.get("hosted_invoice_url")
-                preferred = _id(invoice.get("default_payment_method"))
-                subscription_id = payment.subscription_id or _subscription_of(invoice)
+                preferred = id_of(invoice.get("default_payment_method"))
+                subscription_id = payment.subscription_id or subscription_of(invoice)
                 if preferred is None and subscription_id:
                     subscription = _plain(self.client.v1.subscriptions.retrieve(subscription_id))
-                    preferred = _id(subscription.get("default_payment_method"))
+                    preferred = id_of(subscription.get("default_payment_method"))
                 if want_decline:  # `payments` since API 2025-03-31, `payment_intent` before it
-                    failed_intent = _id(_latest_payment(invoice).get("payment_intent")) or _id(invoice.get("payment_intent"))
+                    failed_intent = id_of(_latest_payment(invoice).get("payment_intent")) or id_of(invoice.get("payment_intent"))
             else:
                 params = {"expand": ["latest_charge"]} if want_decline else None
                 intent = _plain(self.client.v1.payment_intents.retrieve(payment.id, params))
-                customer_id = _id(intent.get("customer")) or payment.customer.id
-                preferred = _id(intent.get("payment_method"))
+                customer_id = id_of(intent.get("customer")) or payment.customer.id
+                preferred = id_of(intent.get("payment_method"))
                 failed_intent = intent if want_decline else None
             customer = _plain(self.client.v1.customers.retrieve(customer_id))
-            customer_default = _id((customer.get("invoice_settings") or {}).get("default_payment_method"))
+            customer_default = id_of((customer.get("invoice_settings") or {}).get("default_payment_method"))
             listed = self.client.v1.customers.payment_methods.list(customer_id, {"limit": MAX_PAYMENT_METHODS})
             raw = [_plain(pm) for pm in listed.data]
         default = preferred or customer_default
-        methods = [_payment_method(pm, default) for pm in raw]
+        methods = [payment_method_from(pm, default=pm["id"] == default) for pm in raw]
         methods.sort(key=lambda m: not m.default)  # stable: Stripe's order otherwise
         if update_url is None:
             update_url = self._portal_url(customer_id)
@@ -199,7 +192,7 @@ class StripeGateway:
         """The decline that opened the journey: the PaymentIntent's last error, completed from its charge.
 
         Best effort: a transient error is retried (raised), a refused lookup only loses the fields."""
-        what = f"reading the decline of {_id(intent)}"
+        what = f"reading the decline of {id_of(intent)}"
         try:
             if isinstance(intent, str):
                 with _calling(what):
@@ -207,12 +200,12 @@ class StripeGateway:
             error = intent.get("last_payment_error") or {}
             charge = intent.get("latest_charge")
             if error:
-                method_id = _id(error.get("payment_method")) or _id(intent.get("payment_method"))
+                method_id = id_of(error.get("payment_method")) or id_of(intent.get("payment_method"))
                 return self._decline(error, charge or error.get("charge"), method_id)
             if isinstance(charge, Mapping) and charge.get("status") == "failed":
                 reason = (charge.get("outcome") or {}).get("reason")
                 fields = {"decline_code": reason, "code": charge.get("failure_code")}
-                return self._decline(fields, charge, _id(charge.get("payment_method")))
+                return self._decline(fields, charge, id_of(charge.get("payment_method")))
         except ApplicationError as error:
             if not error.non_retryable:
                 raise
@@ -260,7 +253,7 @@ class StripeGateway:
                     status="processing",
                     message=f"outcome unknown ({_describe(error)}); to be read back",
                 )
-            if _is_transient(error):
+            if is_transient(error):
                 raise _transient(error, what) from error
             if isinstance(error, stripe.InvalidRequestError):
                 paid = self._paid_meanwhile(request.payment_reference, request.payment_kind)
@@ -281,7 +274,7 @@ class StripeGateway:
     def _card_error_outcome(self, error: stripe.CardError, method_id: str) -> ChargeOutcome:
         body: Json = (error.json_body or {}).get("error", {}) if isinstance(error.json_body, dict) else {}
         intent = body.get("payment_intent") if isinstance(body.get("payment_intent"), Mapping) else {}
-        charge_id = body.get("charge") or _id(intent.get("latest_charge"))
+        charge_id = body.get("charge") or id_of(intent.get("latest_charge"))
         if intent.get("status") == "requires_action" or body.get("code") in REQUIRES_ACTION_CODES:
             return ChargeOutcome(
                 status="requires_action",
@@ -289,7 +282,7 @@ class StripeGateway:
                 payment_intent_id=intent.get("id"),
                 message=body.get("message"),
             )
-        decline = self._decline(body, charge_id, _id(body.get("payment_method")) or method_id)
+        decline = self._decline(body, charge_id, id_of(body.get("payment_method")) or method_id)
         return ChargeOutcome(
             status="declined",
             decline=decline,
@@ -322,8 +315,8 @@ class StripeGateway:
     def _intent_outcome(self, intent: Json, method_id: str | None) -> ChargeOutcome:
         status = intent.get("status")
         latest = intent.get("latest_charge")
-        common: Json = {"charge_id": _id(latest), "payment_intent_id": intent.get("id")}
-        method_id = _id(intent.get("payment_method")) or method_id
+        common: Json = {"charge_id": id_of(latest), "payment_intent_id": intent.get("id")}
+        method_id = id_of(intent.get("payment_method")) or method_id
         if status == "succeeded":
             return ChargeOutcome(status="succeeded", **common)
         if status == "processing":
@@ -335,7 +328,7 @@ class StripeGateway:
             return ChargeOutcome(status="requires_action", message="the customer must authenticate", **common)
         error = intent.get("last_payment_error") or {}
         if status == "requires_payment_method" and error:
-            method_id = _id(error.get("payment_method")) or method_id
+            method_id = id_of(error.get("payment_method")) or method_id
             decline = self._decline(error, latest or error.get("charge"), method_id)
             return ChargeOutcome(status="declined", decline=decline, message=error.get("message"), **common)
         # canceled, or never attempted (requires_confirmation, no error): nothing was collected
@@ -348,9 +341,9 @@ class StripeGateway:
 
     def _invoice_outcome(self, invoice: Json, method_id: str | None) -> ChargeOutcome:
         payment = _latest_payment(invoice)
-        intent_id = _id(payment.get("payment_intent"))
+        intent_id = id_of(payment.get("payment_intent"))
         if invoice.get("status") == "paid":
-            return ChargeOutcome(status="succeeded", charge_id=_id(payment.get("charge")), payment_intent_id=intent_id)
+            return ChargeOutcome(status="succeeded", charge_id=id_of(payment.get("charge")), payment_intent_id=intent_id)
         if intent_id is None:
             return ChargeOutcome(
                 status="declined",
@@ -448,7 +441,7 @@ class StripeGateway:
         if request.payment_kind != "invoice":
             return None
         with _calling(f"reading {request.payment_reference}"):
-            return _subscription_of(_plain(self.client.v1.invoices.retrieve(request.payment_reference)))
+            return subscription_of(_plain(self.client.v1.invoices.retrieve(request.payment_reference)))
 
     def _invoice_status(self, invoice_id: str) -> str | None:
         return _plain(self.client.v1.invoices.retrieve(invoice_id)).get("status")
@@ -477,31 +470,9 @@ def _customer(customer: Json, known: Customer) -> Customer | None:
     )
 
 
-def _subscription_of(invoice: Json) -> str | None:
-    details = ((invoice.get("parent") or {}).get("subscription_details")) or {}
-    # `parent.subscription_details` since API 2025-03-31; `subscription` before it
-    return _id(details.get("subscription")) or _id(invoice.get("subscription"))
-
-
 def _latest_payment(invoice: Json) -> Json:
     payments = (invoice.get("payments") or {}).get("data") or []
     if not payments:
         return {}
     latest = max(payments, key=lambda p: p.get("created") or 0)
     return latest.get("payment") or {}
-
-
-def _payment_method(pm: Json, default_id: str | None) -> PaymentMethod:
-    kind = pm.get("type") or "card"
-    details = pm.get(kind) or {}
-    return PaymentMethod(
-        id=pm["id"],
-        type=kind,
-        brand=details.get("brand") if kind == "card" else None,
-        funding=details.get("funding") if kind == "card" else None,
-        country=details.get("country"),
-        exp_month=details.get("exp_month"),
-        exp_year=details.get("exp_year"),
-        default=pm["id"] == default_id,
-        fingerprint=details.get("fingerprint"),
-    )

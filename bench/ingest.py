@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -377,65 +377,45 @@ class Inbox:
         return phase
 
 
-async def webhook_phase(name: str, http: Poster, stack: Stack, inbox: Inbox, events: list[dict[str, Any]], concurrency: int) -> Phase:
-    queue = iter(events)
+Send = Callable[[Any], Awaitable[tuple[float, str | None]]]  # one item -> (seconds it took, error)
+
+
+async def closed_loop(name: str, items: list[Any], concurrency: int, send: Send) -> Phase:
+    """`concurrency` senders, each sending its next item once the previous one is answered."""
+    queue = iter(items)
     latencies: list[float] = []
     errors: list[str] = []
 
     async def worker() -> None:
-        for event in queue:
-            took, error = await _post(http, stack, event)
+        for item in queue:
+            took, error = await send(item)
             latencies.append(took)
             if error:
                 errors.append(error)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    answered = time.perf_counter()
-    return await inbox.drain(Phase(name, len(events), answered - started, latencies, errors), answered)
+    return Phase(name, len(items), time.perf_counter() - started, latencies, errors)
 
 
-async def raw_phase(name: str, client: Any, payments: list[FailedPayment], version: str, concurrency: int) -> Phase:
-    queue = iter(payments)
-    latencies: list[float] = []
-    errors: list[str] = []
-
-    async def worker() -> None:
-        for payment in queue:
-            started = time.perf_counter()
-            try:
-                await start_journey(client, payment, policy_version=version, event_id=f"evt_{payment.id}")
-            except Exception as error:  # reported, not hidden
-                errors.append(f"{payment.id}: {error}")
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Phase(name, len(payments), time.perf_counter() - started, latencies, errors)
-
-
-async def paced_phase(http: Poster, stack: Stack, inbox: Inbox, events: list[dict[str, Any]], rate: float) -> Phase:
-    """Open loop: event i is sent at i/rate seconds, whatever the earlier ones are doing."""
+async def open_loop(name: str, items: list[Any], rate: float, send: Send) -> Phase:
+    """Item i is sent at i/rate seconds, whatever the earlier ones are doing."""
     loop = asyncio.get_running_loop()
     began = loop.time()
     tasks = []
-    for i, event in enumerate(events):
+    for i, item in enumerate(items):
         delay = began + i / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_post(http, stack, event)))
+        tasks.append(asyncio.create_task(send(item)))
     results = await asyncio.gather(*tasks)
-    answered = time.perf_counter()
-    phase = Phase(f"webhook paced at {rate:g}/s", len(events), loop.time() - began, [t for t, _ in results], [e for _, e in results if e])
-    return await inbox.drain(phase, answered)
+    return Phase(name, len(items), loop.time() - began, [t for t, _ in results], [e for _, e in results if e])
 
 
-async def paced_raw_phase(client: Any, payments: list[FailedPayment], version: str, rate: float) -> Phase:
-    """The same open loop, straight to Temporal: what the server alone does at this rate."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
+def _raw_start(client: Any, version: str) -> Send:
+    """The webhook's signal-with-start, straight to Temporal."""
 
-    async def one(payment: FailedPayment) -> tuple[float, str | None]:
+    async def send(payment: FailedPayment) -> tuple[float, str | None]:
         started = time.perf_counter()
         try:
             await start_journey(client, payment, policy_version=version, event_id=f"evt_{payment.id}")
@@ -443,14 +423,26 @@ async def paced_raw_phase(client: Any, payments: list[FailedPayment], version: s
             return time.perf_counter() - started, f"{payment.id}: {error}"
         return time.perf_counter() - started, None
 
-    tasks = []
-    for i, payment in enumerate(payments):
-        delay = began + i / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(payment)))
-    results = await asyncio.gather(*tasks)
-    return Phase(f"raw paced at {rate:g}/s", len(payments), loop.time() - began, [t for t, _ in results], [e for _, e in results if e])
+    return send
+
+
+async def webhook_phase(name: str, http: Poster, stack: Stack, inbox: Inbox, events: list[dict[str, Any]], concurrency: int) -> Phase:
+    phase = await closed_loop(name, events, concurrency, lambda event: _post(http, stack, event))
+    return await inbox.drain(phase, time.perf_counter())
+
+
+async def raw_phase(name: str, client: Any, payments: list[FailedPayment], version: str, concurrency: int) -> Phase:
+    return await closed_loop(name, payments, concurrency, _raw_start(client, version))
+
+
+async def paced_phase(http: Poster, stack: Stack, inbox: Inbox, events: list[dict[str, Any]], rate: float) -> Phase:
+    phase = await open_loop(f"webhook paced at {rate:g}/s", events, rate, lambda event: _post(http, stack, event))
+    return await inbox.drain(phase, time.perf_counter())
+
+
+async def paced_raw_phase(client: Any, payments: list[FailedPayment], version: str, rate: float) -> Phase:
+    """The same open loop, straight to Temporal: what the server alone does at this rate."""
+    return await open_loop(f"raw paced at {rate:g}/s", payments, rate, _raw_start(client, version))
 
 
 def _merge(name: str, phases: list[Phase]) -> Phase:

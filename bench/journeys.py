@@ -49,7 +49,7 @@ from temporalio.api.enums.v1 import EventType  # noqa: E402
 
 from activities.sandbox import SandboxGateway  # noqa: E402
 from chaos import checks, observe  # noqa: E402
-from chaos.delivery import Deliverer  # noqa: E402
+from chaos.delivery import Deliverer, wait_until_due  # noqa: E402
 from chaos.scenarios import KINDS, Case, build_cases, ladder_seconds, run_tag, scaled_policy  # noqa: E402
 from chaos.stack import POLICY, ProcessStack, StackFailed, cpu_seconds  # noqa: E402
 from dunning.journey import WORKFLOW_NAME  # noqa: E402
@@ -70,11 +70,7 @@ def percentile(values: list[float], q: float) -> float:
 async def play(case: Case, gateway: SandboxGateway, deliverer: Deliverer, gate: asyncio.Semaphore, latencies: list[float]) -> None:
     """Each of the case's events once, in its order, at its time (as late as the service allows)."""
     for delivery in case.plan:
-        due = (case.start + timedelta(seconds=delivery.after) - datetime.now(UTC)).total_seconds()
-        if due > 0:
-            await asyncio.sleep(due)
-        if delivery.attach:
-            await asyncio.to_thread(gateway.attach_payment_method, case.invoice_id, delivery.attach)
+        await wait_until_due(case, delivery, gateway)
         if delivery.event is not None:
             async with gate:
                 began = time.monotonic()
@@ -127,7 +123,7 @@ async def bench(n: int, scale: float, concurrency: int, data_dir: Path, say) -> 
     policy_path = scaled_policy(POLICY, data_dir / "bench-policy.yaml", scale)
     policy = load_policy(policy_path)
     ladder = ladder_seconds(policy)
-    stack = ProcessStack(data_dir, workers=2, policy=policy_path, say=say)
+    stack = ProcessStack(data_dir, workers=2, policy=policy_path)
     try:
         say(f"bench: starting the stack in {data_dir}")
         await stack.start()

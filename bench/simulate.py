@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
 import sys
@@ -28,13 +27,9 @@ from dunning import generator, simulate  # noqa: E402
 from dunning.policy import load_policy  # noqa: E402
 
 
-def _group_lines(args: tuple[int, int, int]) -> tuple[list[str], int]:
+def _group_lines(args: tuple[int, int, int]) -> list[str]:
     seed, first, last = args
-    lines: list[str] = []
-    for index in range(first, last):
-        for scenario in generator.scenario_group(seed, index):
-            lines.append(json.dumps(scenario, separators=(",", ":")))
-    return lines, last - first
+    return [generator.to_line(scenario) for index in range(first, last) for scenario in generator.scenario_group(seed, index)]
 
 
 def generate(path: Path, n: int, seed: int, workers: int) -> None:
@@ -43,11 +38,11 @@ def generate(path: Path, n: int, seed: int, workers: int) -> None:
     tasks = [(seed, i, i + chunk) for i in range(0, n, chunk)]  # groups; n scenarios need <= n groups
     written = 0
     with open(path, "w", encoding="utf-8") as handle, get_context("fork").Pool(workers) as pool:
-        for lines, _ in pool.imap(_group_lines, tasks):
+        for lines in pool.imap(_group_lines, tasks):
             for line in lines:
                 if written == n:
                     return
-                handle.write(line + "\n")
+                handle.write(line)
                 written += 1
 
 

@@ -8,11 +8,14 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from chaos.scenarios import body, sign
+from activities.sandbox import SandboxGateway
+from chaos.scenarios import Case, Delivery, body
+from dunning.stripe_events import signature_header
 
 REDELIVER_AFTER = (0.5, 1.0, 2.0, 3.0)  # then every 3 s
 SPACED_GAP = 0.4  # seconds between copies delivered one after another
@@ -26,6 +29,15 @@ class DeliveryLog:
     rejected: list[str] = field(default_factory=list)  # 4xx: a signed, well-formed event refused
     gave_up: list[str] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)  # the service's `status` field
+
+
+async def wait_until_due(case: Case, delivery: Delivery, gateway: SandboxGateway) -> None:
+    """Wait until `delivery` is due, then do the customer's part of it (add a card) if it has one."""
+    wait = (case.start + timedelta(seconds=delivery.after) - datetime.now(UTC)).total_seconds()
+    if wait > 0:
+        await asyncio.sleep(wait)
+    if delivery.attach:
+        await asyncio.to_thread(gateway.attach_payment_method, case.invoice_id, delivery.attach)
 
 
 class Deliverer:
@@ -45,7 +57,7 @@ class Deliverer:
         deadline = time.monotonic() + self.give_up_after
         attempt = 0
         while True:
-            signature = sign(payload, self.secret, int(time.time()))  # signed at each send, as Stripe does
+            signature = signature_header(payload, self.secret)  # signed at each send, as Stripe does
             try:
                 response = await self._http.post(
                     self.url, content=payload, headers={"Stripe-Signature": signature, "Content-Type": "application/json"}

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from activities.sandbox import SandboxGateway
 from chaos import checks, observe
-from chaos.delivery import Deliverer, DeliveryLog
+from chaos.delivery import Deliverer, DeliveryLog, wait_until_due
 from chaos.scenarios import Case, build_cases, ladder_seconds, run_tag, scaled_policy
 from chaos.stack import POLICY, ProcessStack, StackFailed, identity
 from dunning.policy import load_policy
@@ -110,11 +110,7 @@ class Run:
 
     async def play(self, case: Case, gateway: SandboxGateway, deliverer: Deliverer) -> None:
         for delivery in case.plan:
-            due = (case.start + timedelta(seconds=delivery.after) - datetime.now(UTC)).total_seconds()
-            if due > 0:
-                await asyncio.sleep(due)
-            if delivery.attach:
-                await asyncio.to_thread(gateway.attach_payment_method, case.invoice_id, delivery.attach)
+            await wait_until_due(case, delivery, gateway)
             if delivery.event is not None:
                 await deliverer.deliver_copies(delivery.event, delivery.copies, delivery.how)
 
@@ -207,11 +203,12 @@ class Run:
 
     async def run(self) -> Report:
         o = self.o
-        data_dir = o.data_dir or Path(tempfile.mkdtemp(prefix="dunning-chaos-"))
+        data_dir = o.data_dir
+        assert data_dir is not None, "main() chooses the data dir"
         data_dir.mkdir(parents=True, exist_ok=True)
         policy_path = scaled_policy(POLICY, data_dir / "chaos-policy.yaml", o.scale)
         policy = load_policy(policy_path)
-        self.stack = stack = ProcessStack(data_dir, workers=2, policy=policy_path, say=self.say)
+        self.stack = stack = ProcessStack(data_dir, workers=2, policy=policy_path)
         self.say(f"chaos: data dir {data_dir}; policy {policy.version} (ladder {ladder_seconds(policy):.0f} s)")
         await stack.start()
         assert stack.client is not None and stack.store is not None

@@ -19,8 +19,6 @@ decision time), derived from the policy's retry offsets.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 from dataclasses import dataclass, field
@@ -71,13 +69,7 @@ def ladder_seconds(policy: Policy) -> float:
     return max(step.at.total_seconds() for step in policy.steps)
 
 
-# --- Stripe events, signed as Stripe signs them ------------------------------------------------------
-
-
-def sign(payload: bytes, secret: str, timestamp: int) -> str:
-    """`Stripe-Signature`: t=<unix time>,v1=hex HMAC-SHA256(secret, "<t>.<payload>")."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+# --- Stripe events (signed by dunning.stripe_events.signature_header) --------------------------------
 
 
 def _event(event_id: str, kind: str, created: datetime, obj: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -184,12 +183,10 @@ class ProcessStack:
         *,
         workers: int = 2,
         policy: Path = POLICY,
-        say: Callable[[str], None] = print,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.log_dir = self.data_dir / "logs"
         self.policy = policy.resolve()
-        self.say = say
         self.temporal_port = free_port()
         self.ui_port = free_port()
         self.http_port = free_port()

@@ -1,29 +1,11 @@
-"""The HTTP service in a container: exactly `python starter.py`, listening on DUNNING_HTTP_HOST.
-
-starter.py binds 127.0.0.1 (right for `make up`); a container must listen on its own interface.
+"""The HTTP service in a container: exactly `python starter.py`, which listens on DUNNING_HTTP_HOST
+(0.0.0.0 in the image; 127.0.0.1 by default, right for `make up`). uvicorn honours X-Forwarded-*
+from FORWARDED_ALLOW_IPS (default 127.0.0.1, a sidecar proxy).
 """
 
 from __future__ import annotations
 
-import uvicorn
-
 import starter
-from dunning.config import get_settings
-
-
-class _Uvicorn:
-    """starter's uvicorn, with the bind address and proxy headers a container needs."""
-
-    def __getattr__(self, name):
-        return getattr(uvicorn, name)
-
-    @staticmethod
-    def run(app, **options):
-        options["host"] = get_settings().dunning_http_host
-        options.setdefault("proxy_headers", True)
-        uvicorn.run(app, **options)
-
 
 if __name__ == "__main__":
-    starter.uvicorn = _Uvicorn()
     starter.main()

@@ -253,13 +253,12 @@ def usable_methods(policy: Policy, state: JourneyState, now: datetime) -> list[P
         for m in state.payment_methods
         if m.id not in state.stopped_methods and not m.expired_at(now)
     ]
-    if len(usable) > 1:
-        usable.sort(
-            key=lambda m: (
-                not m.default,
-                -(m.last_succeeded_at.timestamp() if m.last_succeeded_at else float("-inf")),
-            )
+    usable.sort(
+        key=lambda m: (
+            not m.default,
+            -(m.last_succeeded_at.timestamp() if m.last_succeeded_at else float("-inf")),
         )
+    )
     if not policy.cycle_payment_methods:
         return usable[:1]
     return usable

@@ -15,6 +15,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -86,6 +87,23 @@ CARD_DECLINES: tuple[tuple[str, int], ...] = (
     ("mastercard_advice", 11),  # Mastercard only: MAC 02, 01, 03, 24-30 (see MAC_SPLIT)
 )
 MAC_SPLIT: tuple[tuple[str, int], ...] = (("02", 45), ("01", 18), ("03", 9), ("24-30", 28))
+MAC_24_30_WAIT_DAYS = {"24": 1 / 24, "25": 1, "26": 2, "27": 4, "28": 6, "29": 8, "30": 10}
+# The Stripe decline codes each card decline class is drawn from (uniformly) ...
+CARD_DECLINE_CODES: dict[str, tuple[str, ...]] = {
+    "insufficient_funds": ("insufficient_funds",),
+    "do_not_honor": ("do_not_honor",),
+    "generic_decline": ("generic_decline",),
+    "temporary": ("issuer_not_available", "processing_error", "try_again_later"),
+    "expired_card": ("expired_card",),
+    "lost_stolen": ("lost_card", "stolen_card", "pickup_card"),
+    "authentication_required": ("authentication_required",),
+}
+CARD_BEHAVIOURS = {"do_not_honor": "generic", "generic_decline": "generic"}  # else the class itself
+# ... and the Visa response code a Visa card's decline carries with it.
+VISA_RESPONSE_CODES = {
+    "insufficient_funds": "51", "do_not_honor": "05", "generic_decline": "05", "issuer_not_available": "91",
+    "expired_card": "54", "lost_card": "41", "stolen_card": "43", "pickup_card": "04",
+}
 BANK_DECLINES: tuple[tuple[str, int], ...] = (
     ("insufficient_funds", 70),
     ("generic_decline", 18),
@@ -204,13 +222,13 @@ def paydays(schedule: str, first: date, last: date, country: str, phase: int) ->
 # --- one scenario --------------------------------------------------------------------------------
 
 
-_PHONES: dict[str, Any] = {}
+@cache
+def _example_mobile(country: str) -> phonenumbers.PhoneNumber:
+    return phonenumbers.example_number_for_type(country, PhoneNumberType.MOBILE)
 
 
 def _phone(rng: random.Random, country: str) -> str:
-    example = _PHONES.get(country)
-    if example is None:
-        example = _PHONES[country] = phonenumbers.example_number_for_type(country, PhoneNumberType.MOBILE)
+    example = _example_mobile(country)
     number = phonenumbers.PhoneNumber(country_code=example.country_code, national_number=example.national_number)
     national = str(example.national_number)
     for _ in range(5):  # vary the last digits; keep the example when a variant is not valid
@@ -225,35 +243,27 @@ def _phone(rng: random.Random, country: str) -> str:
 
 def _decline(kind: str, brand: str | None, rng: random.Random, bank: bool) -> tuple[dict[str, str], str]:
     """(decline fields, behaviour class) for the failure that starts the journey."""
-    visa = brand == "visa"
     if bank:
         return {"decline_code": kind}, kind
-    if kind == "insufficient_funds":
-        return ({"decline_code": "insufficient_funds"} | ({"network_decline_code": "51"} if visa else {})), kind
-    if kind in ("do_not_honor", "generic_decline"):
-        return ({"decline_code": kind} | ({"network_decline_code": "05"} if visa else {})), "generic"
-    if kind == "temporary":
-        code = rng.choice(("issuer_not_available", "processing_error", "try_again_later"))
-        if code == "try_again_later":
-            return {"decline_code": "generic_decline", "advice_code": "try_again_later"}, "temporary"
-        return ({"decline_code": code} | ({"network_decline_code": "91"} if visa and code == "issuer_not_available" else {})), "temporary"
-    if kind == "expired_card":
-        return ({"decline_code": "expired_card"} | ({"network_decline_code": "54"} if visa else {})), kind
-    if kind == "lost_stolen":
-        code, network = rng.choice((("lost_card", "41"), ("stolen_card", "43"), ("pickup_card", "04")))
-        return ({"decline_code": code} | ({"network_decline_code": network} if visa else {})), kind
-    if kind == "authentication_required":
-        return {"decline_code": "authentication_required"}, kind
-    raise AssertionError(kind)
+    codes = CARD_DECLINE_CODES[kind]
+    # Draw only when there is a choice: a draw from one code still consumes the random stream.
+    code = rng.choice(codes) if len(codes) > 1 else codes[0]
+    behaviour = CARD_BEHAVIOURS.get(kind, kind)
+    if code == "try_again_later":  # Stripe's advice on a generic decline, no network code
+        return {"decline_code": "generic_decline", "advice_code": "try_again_later"}, behaviour
+    fields = {"decline_code": code}
+    if brand == "visa" and code in VISA_RESPONSE_CODES:
+        fields["network_decline_code"] = VISA_RESPONSE_CODES[code]
+    return fields, behaviour
 
 
 def _mac_decline(rng: random.Random) -> tuple[dict[str, str], str, timedelta]:
     """(decline fields, behaviour class, the advised wait) for a Mastercard advice-code decline."""
     mac = _pick(rng, MAC_SPLIT)
     if mac == "24-30":
-        code = rng.choice(("24", "25", "26", "27", "28", "29", "30"))
-        days = {"24": 1 / 24, "25": 1, "26": 2, "27": 4, "28": 6, "29": 8, "30": 10}[code]
-        return {"decline_code": "do_not_honor", "network_advice_code": code}, "mac_delay", timedelta(days=days)
+        code = rng.choice(tuple(MAC_24_30_WAIT_DAYS))
+        wait = timedelta(days=MAC_24_30_WAIT_DAYS[code])
+        return {"decline_code": "do_not_honor", "network_advice_code": code}, "mac_delay", wait
     if mac == "02":
         return {"decline_code": "generic_decline", "network_advice_code": "02"}, "mac_delay", timedelta(hours=72)
     return {"decline_code": "do_not_honor", "network_advice_code": mac}, f"mac_{mac}", timedelta(0)
@@ -443,10 +453,15 @@ def generate(n: int, seed: int, start: datetime = DEFAULT_START) -> Iterator[dic
         index += 1
 
 
+def to_line(scenario: dict[str, Any]) -> str:
+    """One scenario as a JSON Lines line, newline included."""
+    return json.dumps(scenario, separators=(",", ":")) + "\n"
+
+
 def write(n: int, seed: int, handle: Any, start: datetime = DEFAULT_START) -> int:
     """Write `n` scenarios as JSON Lines to an open text handle; returns how many."""
     count = 0
     for scenario in generate(n, seed, start):
-        handle.write(json.dumps(scenario, separators=(",", ":")) + "\n")
+        handle.write(to_line(scenario))
         count += 1
     return count

@@ -40,11 +40,11 @@ from dunning.journey import (
     NextAction,
     OpsAction,
 )
-from dunning.models import Customer, Stage
+from dunning.models import TERMINAL_STAGES, Customer, Stage
 from dunning.policy import Policy, parse_policy
 from dunning.ports import CollectionContext
 from dunning.store import Store
-from dunning.store.records import AuditRecord, JourneyRecord, PolicyRecord
+from dunning.store.records import JourneyRecord, PolicyRecord
 from dunning.timing import customer_zone
 
 RPC_TIMEOUT = timedelta(seconds=10)
@@ -329,7 +329,7 @@ async def open_journey(client: Client, journey_id: str, doing: str) -> WorkflowH
     if description.workflow_type != WORKFLOW_NAME:
         raise JourneyNotFound(f"{journey_id!r} is a {description.workflow_type} workflow, not a dunning journey")
     stage = description.typed_search_attributes.get(search_attributes.STAGE)
-    ended = description.status != WorkflowExecutionStatus.RUNNING or (stage in {s.value for s in Stage if s.terminal})
+    ended = description.status != WorkflowExecutionStatus.RUNNING or stage in TERMINAL_STAGES
     if ended:
         when = f" at {description.close_time.isoformat()}" if description.close_time else ""
         state = stage or (description.status.name.lower() if description.status else "closed")
@@ -607,7 +607,3 @@ async def rollout(
 
     await asyncio.to_thread(record)
     return report
-
-
-def audit_log(store: Store, target: str | None = None) -> list[AuditRecord]:
-    return store.audit_entries(target)

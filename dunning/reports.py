@@ -86,6 +86,14 @@ class GroupBy(StrEnum):
     variant = "variant"
 
 
+# What a group without a key (None) means, per grouping (the others: "unknown").
+NO_KEY_LABELS: dict[str, str] = {
+    GroupBy.step: "before any step",
+    GroupBy.channel: "no message sent",
+    GroupBy.variant: "no experiment",
+}
+
+
 class Interval(StrEnum):
     day = "day"
     week = "week"

@@ -74,7 +74,6 @@ class Line:
 
     number: int
     text: str
-    scenario_id: str
     keys: tuple[str, ...]  # customer and card keys: lines sharing one simulate together
 
 
@@ -125,7 +124,7 @@ def read_lines(path: str | Path) -> list[Line]:
                 if scenario_id in seen:
                     raise ScenarioError(str(path), number, "id", f"duplicate scenario id {scenario_id!r} (first on line {seen[scenario_id]})")
                 seen[scenario_id] = number
-            lines.append(Line(number, text, scenario_id if isinstance(scenario_id, str) else f"line {number}", _keys(data)))
+            lines.append(Line(number, text, _keys(data)))
     return lines
 
 
@@ -202,7 +201,6 @@ class JourneyOutcome:
     """What a report needs from one journey (small: it crosses process boundaries)."""
 
     scenario_id: str
-    customer_id: str
     currency: str
     amount: int
     segment: str
@@ -288,8 +286,8 @@ class _Journey:
         if self.state is None:
             return self.payment.failed_at
         decision = self._decision()
-        due = self._response_due()
-        if due is not None and (decision.kind == "wait" or due <= decision.at):
+        due = self._response_first(decision)
+        if due is not None:
             return max(self.now, due)
         return max(self.now, decision.at) if decision.kind != "wait" else self.now
 
@@ -298,10 +296,13 @@ class _Journey:
             self.decision = engine.next_decision(self.policy, self.state, self.now)
         return self.decision
 
-    def _response_due(self) -> datetime | None:
+    def _response_first(self, decision: Decision) -> datetime | None:
+        """When the customer's pending reaction is due, if it comes before `decision`."""
         if self.response_at is None or self.state.stage.terminal:
             return None
-        return self.response_at
+        if decision.kind == "wait" or self.response_at <= decision.at:
+            return self.response_at
+        return None
 
     def step(self) -> None:
         self.steps += 1
@@ -316,8 +317,8 @@ class _Journey:
             engine.finish_if_done(self.state, decision, self.now)
             self._end(self.state.stage.value, self.state.ended_at or self.now)
             return
-        due = self._response_due()
-        if due is not None and (decision.kind == "wait" or due <= decision.at):
+        due = self._response_first(decision)
+        if due is not None:
             self.now = max(self.now, due) + EXECUTION_LAG
             self._customer_acts()
             return
@@ -448,7 +449,6 @@ class _Journey:
         messages = Counter(m.channel.value for m in state.messages if m.status == "sent")
         return JourneyOutcome(
             scenario_id=self.scenario.id,
-            customer_id=self.scenario.customer.id,
             currency=self.payment.currency,
             amount=self.payment.amount,
             segment=state.segment,
@@ -866,23 +866,19 @@ def simulate_file(
             name = f"variant:{segment.name}:{variant.name}"
             runs.append(Run(name, forced_variant(policy, s_index, v_index), segment=segment.name))
             experiments.append((name, segment, v_index))
-    reports = {run.name: Report((run.policy.version or run.policy.name)) for run in runs}
+    reports = {run.name: Report(run.policy.version or run.policy.name) for run in runs}
     segments = {run.name: run.segment for run in runs}
+
     def on_cluster(name: str, result: ClusterResult) -> None:
         reports[name].add(result, segments[name])
         if name == "policy" and events is not None:
             for journey in result.journeys:
                 for line in journey.events or ():
                     events(line)
-            for journey in result.journeys:
                 journey.events = None
 
-    def counted(n: int) -> None:
-        if progress is not None:
-            progress(n)
-
     results = run_file(
-        path, runs, workers=workers, progress=counted, on_cluster=on_cluster, on_plan=on_start, lines=lines
+        path, runs, workers=workers, progress=progress, on_cluster=on_cluster, on_plan=on_start, lines=lines
     )
     assigned: Counter = Counter()
     for result in results["policy"]:

@@ -177,6 +177,8 @@ class Stack:
         # Reentrant: the signal handler may print while the main thread holds it.
         self._print_lock = threading.RLock()
         self.data_dir = settings.dunning_data_dir.expanduser().resolve()
+        # What the children read: the same absolute data dir (api-token file, file:// exports).
+        self.child_settings = settings.model_copy(update={"dunning_data_dir": self.data_dir})
         self.log_dir = self.data_dir / "logs"
         self.policy = settings.dunning_policy.expanduser().resolve()
 
@@ -340,8 +342,7 @@ class Stack:
         from dunning.collections.schedule import ensure_export_schedule
 
         try:
-            # Same absolute data dir as the children, so the default file:// destination agrees.
-            config = CollectionsConfig.from_settings(self.settings.model_copy(update={"dunning_data_dir": self.data_dir}))
+            config = CollectionsConfig.from_settings(self.child_settings)
             outcome = await ensure_export_schedule(client, config, TASK_QUEUE)
         except CollectionsConfigError as err:
             raise StackError(str(err)) from err
@@ -409,8 +410,7 @@ class Stack:
         if s.dunning_api_token:
             token = "from DUNNING_API_TOKEN"
         else:
-            # Same file the HTTP service reads: it gets the same absolute data dir.
-            token = api_token(s.model_copy(update={"dunning_data_dir": self.data_dir}))
+            token = api_token(self.child_settings)  # the file the HTTP service reads
             token += f"  (generated, kept in {self.data_dir / 'api-token'})"
         rows = [
             ("Temporal UI", ui),

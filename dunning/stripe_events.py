@@ -1,7 +1,7 @@
 """Stripe events → what they mean for journeys. One declarative table, pure functions, no I/O.
 
-`ROUTES` maps each event type the engine acts on to an action, the journeys it targets and the
-cases it deliberately ignores. `interpret(event)` turns a verified event (a plain dict) into an
+`ROUTES` maps each event type the engine acts on to an action, the journeys it targets, the
+cases it deliberately ignores and what its object adds (the failed payment, the new method). `interpret(event)` turns a verified event (a plain dict) into an
 `Instruction` that `dunning.api.webhooks` carries out. The builders of `FailedPayment` from
 Stripe objects are shared with `dunning backfill` and `dunning start`.
 """
@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -50,7 +50,7 @@ class UnusableEvent(ValueError):
 # --- small readers ----------------------------------------------------------------------------
 
 
-def _id(value: Any) -> str | None:
+def id_of(value: Any) -> str | None:
     """An expandable field: an id, an expanded object, or nothing."""
     if isinstance(value, str):
         return value or None
@@ -59,7 +59,8 @@ def _id(value: Any) -> str | None:
     return None
 
 
-def _time(value: Any) -> datetime | None:
+def from_unix(value: Any) -> datetime | None:
+    """A Stripe timestamp (unix seconds) as a UTC time; None when absent."""
     if value in (None, ""):
         return None
     return datetime.fromtimestamp(int(value), tz=UTC)
@@ -72,7 +73,7 @@ def _obj(event: Json) -> Json:
 def subscription_of(invoice: Json) -> str | None:
     details = ((invoice.get("parent") or {}).get("subscription_details")) or {}
     # `parent.subscription_details` since API 2025-03-31; `subscription` before it
-    return _id(details.get("subscription")) or _id(invoice.get("subscription"))
+    return id_of(details.get("subscription")) or id_of(invoice.get("subscription"))
 
 
 def _plan_of(invoice: Json) -> str | None:
@@ -94,7 +95,7 @@ def _decline_of(error: Json | None) -> Decline:
         return Decline()
     code = error.get("code")
     return Decline(
-        payment_method=_id(error.get("payment_method")),
+        payment_method=id_of(error.get("payment_method")),
         decline_code=error.get("decline_code") or (code if code and code != "card_declined" else None),
         advice_code=error.get("advice_code"),
         network_decline_code=error.get("network_decline_code"),
@@ -119,6 +120,17 @@ def payment_method_from(pm: Json, *, default: bool = True) -> PaymentMethod:
     )
 
 
+def invoice_payments_query(intent_id: str) -> Json:
+    """Params of `invoice_payments.list` that find the invoice a PaymentIntent pays: since API
+    2025-03-31 the PaymentIntent no longer names it."""
+    return {"payment": {"type": "payment_intent", "payment_intent": intent_id}, "limit": 1}
+
+
+def invoice_of_payments(invoice_payments: Iterable[Json]) -> str | None:
+    """The invoice (id) of the first listed InvoicePayment that names one."""
+    return next((invoice for item in invoice_payments if (invoice := id_of(item.get("invoice")))), None)
+
+
 # --- FailedPayment from Stripe objects -----------------------------------------------------------
 
 
@@ -134,7 +146,7 @@ def _payment(data: Json, what: str) -> FailedPayment:
 
 def payment_from_invoice(invoice: Json, failed_at: datetime) -> FailedPayment:
     """A failed invoice. Decline fields are not on invoices: the gateway adds them when the journey opens."""
-    customer_id = _id(invoice.get("customer"))
+    customer_id = id_of(invoice.get("customer"))
     if not customer_id:
         raise UnusableEvent(f"invoice {invoice.get('id')} has no customer")
     amount = invoice.get("amount_remaining")
@@ -157,7 +169,7 @@ def payment_from_invoice(invoice: Json, failed_at: datetime) -> FailedPayment:
             ),
             "subscription_id": subscription_of(invoice),
             "plan": _plan_of(invoice),
-            "due_date": _time(invoice.get("due_date")),
+            "due_date": from_unix(invoice.get("due_date")),
         },
         f"invoice {invoice.get('id')}",
     )
@@ -165,7 +177,7 @@ def payment_from_invoice(invoice: Json, failed_at: datetime) -> FailedPayment:
 
 def payment_from_intent(intent: Json, failed_at: datetime) -> FailedPayment:
     """A failed PaymentIntent without an invoice; contact details from the failed method's billing details."""
-    customer_id = _id(intent.get("customer"))
+    customer_id = id_of(intent.get("customer"))
     if not customer_id:
         raise UnusableEvent(f"PaymentIntent {intent.get('id')} has no customer: nothing can be retried off-session")
     error = intent.get("last_payment_error") or {}
@@ -199,33 +211,36 @@ def _never(event: Json) -> str | None:
     return None
 
 
+def intent_of_invoice(invoice: str) -> str:
+    """Why a PaymentIntent failure of an invoice is ignored (found in the event, or by a lookup)."""
+    return f"PaymentIntent of invoice {invoice}: its invoice.payment_failed drives the journey"
+
+
 def _intent_of_an_invoice(event: Json) -> str | None:
-    invoice = _id(_obj(event).get("invoice"))
-    if invoice:
-        return f"PaymentIntent of invoice {invoice}: its invoice.payment_failed drives the journey"
-    return None
+    invoice = id_of(_obj(event).get("invoice"))
+    return intent_of_invoice(invoice) if invoice else None
 
 
 def _default_method_unchanged(event: Json) -> str | None:
     previous = ((event.get("data") or {}).get("previous_attributes")) or {}
     if "default_payment_method" not in (previous.get("invoice_settings") or {}):
         return "the customer's default payment method did not change"
-    if not _id((_obj(event).get("invoice_settings") or {}).get("default_payment_method")):
+    if not id_of((_obj(event).get("invoice_settings") or {}).get("default_payment_method")):
         return "the default payment method was removed, not replaced"
     return None
 
 
 def _no_payment_method(event: Json) -> str | None:
     obj = _obj(event)
-    if not _id(obj.get("payment_method")):
+    if not id_of(obj.get("payment_method")):
         return "the SetupIntent saved no payment method"
-    if not _id(obj.get("customer")):
+    if not id_of(obj.get("customer")):
         return "the SetupIntent has no customer"
     return None
 
 
 def _detached(event: Json) -> str | None:
-    return None if _id(_obj(event).get("customer")) else "the payment method has no customer"
+    return None if id_of(_obj(event).get("customer")) else "the payment method has no customer"
 
 
 def caused_by_us(event: Json) -> bool:
@@ -246,25 +261,65 @@ def _own_id(event: Json) -> tuple[str, ...]:
 
 def _intent_targets(event: Json) -> tuple[str, ...]:
     obj = _obj(event)
-    return tuple(ref for ref in (_id(obj.get("invoice")), obj.get("id")) if ref)
+    return tuple(ref for ref in (id_of(obj.get("invoice")), obj.get("id")) if ref)
 
 
 def _dispute_targets(event: Json) -> tuple[str, ...]:
     dispute = _obj(event)
     charge = dispute.get("charge") if isinstance(dispute.get("charge"), Mapping) else {}
-    refs = (_id(charge.get("invoice")), _id(dispute.get("payment_intent")) or _id(charge.get("payment_intent")))
+    refs = (id_of(charge.get("invoice")), id_of(dispute.get("payment_intent")) or id_of(charge.get("payment_intent")))
     return tuple(dict.fromkeys(ref for ref in refs if ref))
 
 
 def _latest_invoice(event: Json) -> tuple[str, ...]:
-    latest = _id(_obj(event).get("latest_invoice"))
+    latest = id_of(_obj(event).get("latest_invoice"))
     return (latest,) if latest else ()
 
 
 def _customer_target(event: Json) -> tuple[str, ...]:
     obj = _obj(event)
-    customer = obj.get("id") if obj.get("object") == "customer" else _id(obj.get("customer"))
+    customer = obj.get("id") if obj.get("object") == "customer" else id_of(obj.get("customer"))
     return (customer,) if customer else ()
+
+
+# Instruction fields an event's object adds (raise UnusableEvent when it cannot drive a journey).
+
+
+def _no_details(obj: Json, created: datetime) -> dict[str, Any]:
+    return {}
+
+
+def _invoice_failure(invoice: Json, created: datetime) -> dict[str, Any]:
+    return {"payment": payment_from_invoice(invoice, created)}
+
+
+def _intent_failure(intent: Json, created: datetime) -> dict[str, Any]:
+    # Since API 2025-03-31 PaymentIntents no longer carry `invoice`: absent ≠ null.
+    return {"payment": payment_from_intent(intent, created), "invoice_unknown": "invoice" not in intent}
+
+
+def _method(pm: Any) -> dict[str, Any]:
+    """An expandable payment method: its details when expanded, else only its id."""
+    if isinstance(pm, Mapping) and pm.get("id"):
+        return {"payment_method": payment_method_from(pm)}
+    return {"payment_method": PaymentMethod(id=id_of(pm) or "", default=True)}
+
+
+def _attached_method(pm: Json, created: datetime) -> dict[str, Any]:
+    return {"payment_method": payment_method_from(pm)}
+
+
+def _new_default_method(customer: Json, created: datetime) -> dict[str, Any]:
+    return _method((customer.get("invoice_settings") or {}).get("default_payment_method"))
+
+
+def _saved_method(setup_intent: Json, created: datetime) -> dict[str, Any]:
+    return _method(setup_intent.get("payment_method"))
+
+
+def _deleted_subscription(subscription: Json, created: datetime) -> dict[str, Any]:
+    customer = id_of(subscription.get("customer"))
+    return {"subscription": (subscription["id"], customer)} if customer else {}
 
 
 @dataclass(frozen=True)
@@ -274,23 +329,31 @@ class Route:
     ignore: Callable[[Json], str | None] = _never  # a reason to ignore this event, or None
     reason: str = ""  # the journey timeline's wording for pause/resume/cancel
     deferred: bool = False  # carried out after answering (needs a worker, or a Stripe lookup)
+    details: Callable[[Json, datetime], dict[str, Any]] = _no_details  # (object, created) -> Instruction fields
 
 
 ROUTES: Mapping[str, Route] = {
-    "invoice.payment_failed": Route(Action.start, _own_id),
-    "payment_intent.payment_failed": Route(Action.start, _own_id, ignore=_intent_of_an_invoice),
+    "invoice.payment_failed": Route(Action.start, _own_id, details=_invoice_failure),
+    "payment_intent.payment_failed": Route(Action.start, _own_id, ignore=_intent_of_an_invoice, details=_intent_failure),
     "invoice.paid": Route(Action.succeeded, _own_id),
     "invoice.payment_succeeded": Route(Action.succeeded, _own_id),
     "payment_intent.succeeded": Route(Action.succeeded, _intent_targets),
-    "payment_method.attached": Route(Action.method_updated, _customer_target, ignore=_detached, deferred=True),
-    "customer.updated": Route(Action.method_updated, _customer_target, ignore=_default_method_unchanged, deferred=True),
-    "setup_intent.succeeded": Route(Action.method_updated, _customer_target, ignore=_no_payment_method, deferred=True),
+    "payment_method.attached": Route(
+        Action.method_updated, _customer_target, ignore=_detached, deferred=True, details=_attached_method
+    ),
+    "customer.updated": Route(
+        Action.method_updated, _customer_target, ignore=_default_method_unchanged, deferred=True, details=_new_default_method
+    ),
+    "setup_intent.succeeded": Route(
+        Action.method_updated, _customer_target, ignore=_no_payment_method, deferred=True, details=_saved_method
+    ),
     # Deferred: finding the invoice of a disputed charge may need a Stripe lookup.
     "charge.dispute.created": Route(Action.pause, _dispute_targets, reason="a dispute was opened", deferred=True),
     "charge.dispute.closed": Route(Action.resume, _dispute_targets, reason="the dispute was closed", deferred=True),
     # Deferred: the subscription's other open journeys are found through visibility.
     "customer.subscription.deleted": Route(
-        Action.cancel, _latest_invoice, ignore=_ours, reason="the subscription was deleted in Stripe", deferred=True
+        Action.cancel, _latest_invoice, ignore=_ours, reason="the subscription was deleted in Stripe", deferred=True,
+        details=_deleted_subscription,
     ),
     "invoice.voided": Route(Action.cancel, _own_id, ignore=_ours, reason="the invoice was voided in Stripe"),
     "invoice.marked_uncollectible": Route(
@@ -326,7 +389,7 @@ def event_header(event: Json) -> tuple[str, str, datetime]:
         raise UnusableEvent(f"event {event_id} has no `type`")
     if not isinstance(created, int):
         raise UnusableEvent(f"event {event_id} has no integer `created` timestamp")
-    return event_id, kind, _time(created)  # type: ignore[return-value]
+    return event_id, kind, from_unix(created)  # type: ignore[return-value]
 
 
 def interpret(event: Json) -> Instruction:
@@ -345,34 +408,11 @@ def interpret(event: Json) -> Instruction:
     if not targets:
         missing = "customer" if route.action is Action.method_updated else "invoice or PaymentIntent"
         return Instruction(**base, action=route.action, ignored=f"the event names no {missing}")
-    fields: dict[str, Any] = {"action": route.action, "targets": targets, "reason": route.reason, "deferred": route.deferred}
-    obj = _obj(event)
     try:
-        if kind == "invoice.payment_failed":
-            fields["payment"] = payment_from_invoice(obj, created)
-        elif kind == "payment_intent.payment_failed":
-            fields["payment"] = payment_from_intent(obj, created)
-            # Since API 2025-03-31 PaymentIntents no longer carry `invoice`: absent ≠ null.
-            fields["invoice_unknown"] = "invoice" not in obj
+        details = route.details(_obj(event), created)
     except UnusableEvent as error:
         return Instruction(**base, action=route.action, ignored=str(error))
-    if route.action is Action.method_updated:
-        fields["payment_method"] = _method_of(kind, obj)
-    if kind == "customer.subscription.deleted" and _id(obj.get("customer")):
-        fields["subscription"] = (obj["id"], _id(obj.get("customer")))
-    return Instruction(**base, **fields)
-
-
-def _method_of(kind: str, obj: Json) -> PaymentMethod:
-    if kind == "payment_method.attached":
-        return payment_method_from(obj)
-    if kind == "customer.updated":
-        pm = (obj.get("invoice_settings") or {}).get("default_payment_method")
-    else:  # setup_intent.succeeded
-        pm = obj.get("payment_method")
-    if isinstance(pm, Mapping) and pm.get("id"):
-        return payment_method_from(pm)
-    return PaymentMethod(id=_id(pm) or "", default=True)
+    return Instruction(**base, action=route.action, targets=targets, reason=route.reason, deferred=route.deferred, **details)
 
 
 # --- signing (Stripe's scheme; tests, the benchmark and local tools send signed events) ----------

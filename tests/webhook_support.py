@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from fastapi import FastAPI
+from temporalio.service import RPCError, RPCStatusCode
 
 from dunning.api.app import create_app
 from dunning.config import Settings
@@ -116,9 +117,13 @@ def card(pm_id: str, customer: str, *, brand: str = "mastercard", fingerprint: s
     }
 
 
+def signed_headers(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
+    return {"Stripe-Signature": signature_header(body, secret, timestamp), "Content-Type": "application/json"}
+
+
 def signed(evt: dict[str, Any], secret: str = SECRET, *, timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(evt).encode()
-    return body, {"Stripe-Signature": signature_header(body, secret, timestamp), "Content-Type": "application/json"}
+    return body, signed_headers(body, secret, timestamp)
 
 
 async def post_event(client: httpx.AsyncClient, evt: dict[str, Any], **kwargs: Any) -> httpx.Response:
@@ -164,6 +169,16 @@ def webhook_app(harness: Any, tmp_path: Any, client: Any, **settings: Any) -> Fa
 
 def http(app: FastAPI) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+async def exists(client: Any, journey_id: str) -> bool:
+    """Whether Temporal has the journey (running or ended)."""
+    try:
+        await client.get_workflow_handle(journey_id).describe()
+    except RPCError as error:
+        assert error.status == RPCStatusCode.NOT_FOUND
+        return False
+    return True
 
 
 async def listed(client: httpx.AsyncClient, customer: str, want: int, timeout: float = 10.0) -> list[dict[str, Any]]:

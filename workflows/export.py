@@ -13,9 +13,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
-    from dunning.collections.export import BuildExport, ExportBatch, ExportInput, ExportResult
+    from dunning.collections.export import EXPORT_REFUSED, BuildExport, ExportBatch, ExportInput, ExportResult
 
-EXPORT_REFUSED = "ExportRefused"
 STORE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(minutes=1),

@@ -21,6 +21,7 @@ from dunning.api import dashboard, metrics, sandbox_page
 from dunning.config import Settings, api_token
 from dunning.journey import QUERY_STATUS, JourneyStatus
 from dunning.models import Stage
+from dunning.ops import visibility_query
 from dunning.store import Store
 from dunning.temporal import connect
 
@@ -123,14 +124,9 @@ def _journeys_router(services: Services) -> APIRouter:
         customer: Annotated[str | None, Query(max_length=255, description="customer id, e.g. cus_123")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ):
-        clauses = ["WorkflowType = 'DunningWorkflow'"]
-        if stage is not None:
-            clauses.append(f"{search_attributes.STAGE.name} = '{stage.value}'")
-        if customer is not None:
-            clauses.append(f"{search_attributes.CUSTOMER_ID.name} = '{_quote(customer)}'")
         client = await services.temporal()
         journeys = []
-        async for execution in client.list_workflows(" AND ".join(clauses), limit=limit):
+        async for execution in client.list_workflows(visibility_query(stage=stage, customer=customer), limit=limit):
             attributes = execution.typed_search_attributes
             journeys.append(
                 {
@@ -155,8 +151,3 @@ def _check_journey_id(journey_id: str) -> None:
         raise HTTPException(
             400, "journey ids look like dunning-in_123 or dunning-pi_123 (letters, digits, _-:.)"
         )
-
-
-def _quote(value: str) -> str:
-    """Visibility queries take string literals; escape quotes so a customer id cannot alter the query."""
-    return value.replace("\\", "\\\\").replace("'", "\\'")

@@ -8,7 +8,7 @@ answered by `CodecCORS`.
 
 from __future__ import annotations
 
-import secrets
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.api.common.v1 import Payloads
 from temporalio.converter import PayloadCodec
 
+from dunning.api.dashboard import authorized
 from dunning.api.limits import BodySizeLimit
 from dunning.codec import CodecError, codec_for
 from dunning.config import Settings
@@ -89,12 +90,10 @@ def ui_origins(settings_origins: str | None, ui_port: int) -> list[str]:
 
 def lazy_codec(settings: Settings) -> Callable[[], PayloadCodec | None]:
     """The service's codec, built on first use (the same keys the worker and CLI resolve)."""
-    built: list[PayloadCodec | None] = []
 
+    @functools.cache  # a CodecError is not cached: each request reports it
     def provider() -> PayloadCodec | None:
-        if not built:
-            built.append(codec_for(settings))
-        return built[0]
+        return codec_for(settings)
 
     return provider
 
@@ -103,19 +102,14 @@ def codec_auth(token: str) -> Callable[[Request], None]:
     """The ops token as a bearer header (CLI, proxies) or the dashboard's session cookie: the
     Temporal UI sends the latter when TEMPORAL_CODEC_INCLUDE_CREDENTIALS is on and the operator
     has signed in to the dashboard (same site)."""
-    from dunning.api.dashboard import SESSION_COOKIE, valid_session
 
     def check(request: Request) -> None:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and secrets.compare_digest(credentials.strip(), token):
-            return
-        if valid_session(token, request.cookies.get(SESSION_COOKIE)):
-            return
-        raise HTTPException(
-            401,
-            "missing bearer token: send `Authorization: Bearer <DUNNING_API_TOKEN>` or sign in at /login",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        if not authorized(request, token):
+            raise HTTPException(
+                401,
+                "missing bearer token: send `Authorization: Bearer <DUNNING_API_TOKEN>` or sign in at /login",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     return check
 

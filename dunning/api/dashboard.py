@@ -28,6 +28,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from dunning.models import TERMINAL_STAGES
 from dunning.rendering import format_amount
 from dunning.reports import (
+    NO_KEY_LABELS,
     GroupBy,
     Interval,
     PeriodFigures,
@@ -92,9 +93,7 @@ def fmt_time(value: datetime | str | None) -> str:
 
 def label(key: str | None, by: str) -> str:
     if key is None:
-        return {"step": "before any step", "channel": "no message sent", "variant": "no experiment"}.get(
-            by, "unknown"
-        )
+        return NO_KEY_LABELS.get(by, "unknown")
     return key.replace("_", " ")
 
 
@@ -172,6 +171,14 @@ def valid_session(token: str, value: str | None, now: float | None = None) -> bo
     return secrets.compare_digest(value, session_value(token, int(expires)))
 
 
+def authorized(request: Request, token: str) -> bool:
+    """The ops token as a bearer header (curl, the CLI) or a valid dashboard session cookie."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and secrets.compare_digest(credentials.strip(), token):
+        return True
+    return valid_session(token, request.cookies.get(SESSION_COOKIE))
+
+
 def _safe_next(value: str | None) -> str:
     """Only local paths: an open redirect after login would be a phishing aid."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
@@ -185,11 +192,6 @@ def _render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
     return HTMLResponse(html, status_code=status, headers=headers)
 
 
-class _LoginRequired(Exception):
-    def __init__(self, target: str):
-        self.target = target
-
-
 # -- routes -------------------------------------------------------------------------------------
 
 
@@ -199,22 +201,11 @@ def build_router(services) -> APIRouter:
     router = APIRouter()
     store = services.store
 
-    def signed_in(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, credentials = header.partition(" ")
-        if scheme.lower() == "bearer" and secrets.compare_digest(credentials.strip(), services.token):
-            return
-        if valid_session(services.token, request.cookies.get(SESSION_COOKIE)):
-            return
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        raise _LoginRequired(target)
-
     def page(request: Request, handler, **kwargs: Any) -> Response:
-        try:
-            signed_in(request)
-        except _LoginRequired as needed:
-            return RedirectResponse(f"/login?next={quote(needed.target, safe='')}", status_code=303)
-        return handler(**kwargs)
+        if authorized(request, services.token):
+            return handler(**kwargs)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
 
     @router.get("/api/reports", tags=["reports"], dependencies=[Depends(require_token(services))])
     def api_reports(

@@ -48,7 +48,7 @@ class StoreCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         # Names only: registering must not query the database.
-        return [family([], []) for family in _FAMILIES.values()]
+        return [_gauge(name, [], []) for name in _FAMILIES]
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
@@ -59,10 +59,8 @@ class StoreCollector(Collector):
             figures, success = {}, 0.0
         else:
             success = 1.0
-        for name, build in _FAMILIES.items():
-            if name in figures:
-                labels, samples = figures[name]
-                yield build(labels, samples)
+        for name, (labels, samples) in figures.items():
+            yield _gauge(name, labels, samples)
         yield GaugeMetricFamily(
             "dunning_store_scrape_success", "1 when the store could be read for this scrape, else 0", value=success
         )
@@ -103,28 +101,22 @@ class StoreCollector(Collector):
         }
 
 
-def _gauge(name: str, documentation: str):
-    def build(labels: list[str], samples: list[tuple[tuple[str, ...], float]]) -> GaugeMetricFamily:
-        metric = GaugeMetricFamily(name, documentation, labels=labels)
-        for values, value in samples:
-            metric.add_metric(list(values), value)
-        return metric
-
-    return build
+def _gauge(name: str, labels: list[str], samples: list[tuple[tuple[str, ...], float]]) -> GaugeMetricFamily:
+    metric = GaugeMetricFamily(name, _FAMILIES[name], labels=labels)
+    for values, value in samples:
+        metric.add_metric(list(values), value)
+    return metric
 
 
+# Name -> help text of the gauges `StoreCollector._read` fills.
 _FAMILIES = {
-    "dunning_journeys": _gauge("dunning_journeys", "journeys in the store by stage"),
-    "dunning_card_attempts": _gauge(
-        "dunning_card_attempts",
-        "retry attempts (not the failure that opened a journey) by outcome and decline class",
+    "dunning_journeys": "journeys in the store by stage",
+    "dunning_card_attempts": "retry attempts (not the failure that opened a journey) by outcome and decline class",
+    "dunning_messages": "messages by channel and delivery status",
+    "dunning_recovered_amount_minor_units": (
+        "amount recovered, in the currency's minor units (cents), per currency; never summed across currencies"
     ),
-    "dunning_messages": _gauge("dunning_messages", "messages by channel and delivery status"),
-    "dunning_recovered_amount_minor_units": _gauge(
-        "dunning_recovered_amount_minor_units",
-        "amount recovered, in the currency's minor units (cents), per currency; never summed across currencies",
-    ),
-    "dunning_webhook_events": _gauge("dunning_webhook_events", "webhook inbox events by processing status"),
+    "dunning_webhook_events": "webhook inbox events by processing status",
 }
 
 

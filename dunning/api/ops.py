@@ -231,7 +231,7 @@ def build_router(services: "Services") -> APIRouter:
             Query(max_length=255, description="a journey id or policy version", examples=["dunning-in_123"]),
         ] = None,
     ) -> dict[str, Any]:
-        entries = await asyncio.to_thread(ops.audit_log, services.store, target)
+        entries = await asyncio.to_thread(services.store.audit_entries, target)
         return {"entries": entries}
 
     return router

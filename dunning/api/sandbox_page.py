@@ -31,7 +31,7 @@ def build_router(services, gateway: SandboxGateway) -> APIRouter:
     router = APIRouter(prefix="/sandbox", tags=["sandbox"])
 
     @router.get("/pay/{payment_reference}", response_class=HTMLResponse)
-    async def page(payment_reference: str) -> str:
+    def page(payment_reference: str) -> str:  # sync: FastAPI runs the store read off the event loop
         journey = services.store.get_journey(journey_id_for(payment_reference))
         if journey is None:
             raise HTTPException(404, f"no payment {payment_reference!r} is being collected")

@@ -38,7 +38,6 @@ from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateS
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from dunning import search_attributes
 from dunning.collections import record_recall
 from dunning.config import TASK_QUEUE
 from dunning.journey import (
@@ -47,12 +46,12 @@ from dunning.journey import (
     SIGNAL_PAYMENT_SUCCEEDED,
     SIGNAL_RESUME,
     UPDATE_PAYMENT_METHOD,
-    WORKFLOW_NAME,
     OpsAction,
     PaymentMethodUpdated,
     PaymentSucceeded,
 )
 from dunning.models import PaymentMethod, journey_id_for
+from dunning.ops import visibility_query
 from dunning.policies import policy_for_new_journeys
 from dunning.store.schema import WebhookEvent
 from dunning.stripe_events import (
@@ -60,7 +59,10 @@ from dunning.stripe_events import (
     Instruction,
     UnusableEvent,
     event_header,
+    intent_of_invoice,
     interpret,
+    invoice_of_payments,
+    invoice_payments_query,
     payment_method_from,
 )
 from dunning.triggers import MEMO_SUBSCRIPTION, start_journey
@@ -262,7 +264,7 @@ class WebhookIngest:
         if ins.invoice_unknown and self.stripe is not None:
             invoice = await self._invoice_of_intent(payment.id)
             if invoice:
-                return Done("ignored", f"PaymentIntent of invoice {invoice}: its invoice.payment_failed drives the journey")
+                return Done("ignored", intent_of_invoice(invoice))
         try:
             settled, version = prepared or await run_in_threadpool(self._before_start, payment.id, ins.created)
         except LookupError as error:
@@ -369,10 +371,7 @@ class WebhookIngest:
     async def _open_journeys(self, customer: str, *, subscription: str | None = None) -> list[str]:
         """The customer's running journeys; with `subscription`, only those of that subscription."""
         client = await self._client()
-        query = (
-            f"WorkflowType = '{WORKFLOW_NAME}' AND {search_attributes.CUSTOMER_ID.name} = '{_quote(customer)}'"
-            " AND ExecutionStatus = 'Running'"
-        )
+        query = visibility_query(customer=customer, open_only=True)
         try:
             return [
                 execution.id
@@ -420,18 +419,13 @@ class WebhookIngest:
     async def _invoice_of_intent(self, intent_id: str) -> str | None:
         if self.stripe is None:
             return None
-        params = {"payment": {"type": "payment_intent", "payment_intent": intent_id}, "limit": 1}
         try:
-            listed = await run_in_threadpool(self.stripe.v1.invoice_payments.list, params)
+            listed = await run_in_threadpool(self.stripe.v1.invoice_payments.list, invoice_payments_query(intent_id))
         except stripe.StripeError as error:
             _raise_if_transient(error, f"finding the invoice of {intent_id}")
             logger.warning("invoice of %s: %s", intent_id, error)
             return None
-        for item in listed.data:
-            invoice = item.to_dict().get("invoice")  # an id, or the expanded invoice
-            if invoice:
-                return invoice if isinstance(invoice, str) else invoice.get("id")
-        return None
+        return invoice_of_payments(item.to_dict() for item in listed.data)
 
     async def _with_invoice_lookup(self, refs: tuple[str, ...]) -> tuple[str, ...]:
         found = [await self._invoice_of_intent(ref) for ref in refs if ref.startswith("pi_")]
@@ -575,14 +569,10 @@ def _signal_arg(action: Action, event_id: str, created: datetime, reason: str, k
     return OpsAction(reason=f"{reason} ({kind})", event_id=event_id, actor="stripe")
 
 
-def _quote(value: str) -> str:
-    """Visibility queries take string literals; escape quotes so an id cannot alter the query."""
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
 def _raise_if_transient(error: stripe.StripeError, what: str) -> None:
-    status = error.http_status or 0
-    if isinstance(error, (stripe.APIConnectionError, stripe.RateLimitError)) or status >= 500 or status in (409, 429):
+    from activities.stripe_gateway import is_transient  # the gateway's rule, so both retry alike
+
+    if is_transient(error):
         raise Retryable(f"Stripe unavailable while {what}: {error}") from error
 
 

@@ -26,7 +26,9 @@ from dunning.collections.export import (
 from dunning.collections.reconciliation import COLUMNS, ReconciliationError, import_file
 from dunning.collections.schema import schema_text
 from dunning.config import TASK_QUEUE, get_settings
+from dunning.models import journey_id_for
 from dunning.store import Store
+from dunning.store.records import COLLECTION_STATUSES
 
 app = typer.Typer(help="Exports for the collection partner, recalls and reconciliation.", no_args_is_help=True)
 console = Console()
@@ -132,7 +134,7 @@ def recall(
     if recalled:
         console.print(f"[green]recalled[/green] {payment_reference}: the next export tells the partner")
         return
-    placement = store.placement_for_journey(f"dunning-{payment_reference}")
+    placement = store.placement_for_journey(journey_id_for(payment_reference.strip()))
     if placement is None:
         errors.print(f"[red]{payment_reference} was never placed with the collection partner[/red]")
         raise typer.Exit(1)
@@ -151,12 +153,12 @@ def report(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         }
         console.print_json(json.dumps(data))
         return
-    table = Table("currency", "placed", "amount", "recalled", "collected", *(f"{s}" for s in ("collected", "partial", "uncollectible", "disputed")))
+    table = Table("currency", "placed", "amount", "recalled", "collected", *COLLECTION_STATUSES)
     for row in summary:
         statuses = row["statuses"]
         table.add_row(
             row["currency"], str(row["placements"]), str(row["placed_amount"]), str(row["recalled"]),
-            str(row["collected_amount"]), *(str(statuses[s]) for s in ("collected", "partial", "uncollectible", "disputed")),
+            str(row["collected_amount"]), *(str(statuses[s]) for s in COLLECTION_STATUSES),
         )
     console.print(table)
     for export_ in exports:

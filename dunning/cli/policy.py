@@ -12,10 +12,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from dunning import offline
+from dunning import offline, ops
+from dunning.cli import journeys as shared
+from dunning.config import Settings
 from dunning.durations import format_duration
-from dunning.models import FailedPayment
-from dunning.models import Stage
+from dunning.models import FailedPayment, Stage
 from dunning.policy import Policy, PolicyError, load_policy
 from dunning.timing import customer_zone
 
@@ -195,10 +196,6 @@ def publish(
     actor: Annotated[str | None, typer.Option("--actor", help="who is acting (default: $USER)")] = None,
 ) -> None:
     """Validate and publish a policy version (the same text is the same version)."""
-    from dunning import ops
-    from dunning.cli import journeys as shared
-    from dunning.config import Settings
-
     scope = shared.selection(rollout_all_open, rollout_stage, rollout_segment)
     try:
         text = file.read_text(encoding="utf-8")
@@ -255,10 +252,6 @@ def list_versions(
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
     """Published versions, newest first: who published them, when, and which one is active."""
-    from dunning import ops
-    from dunning.cli import journeys as shared
-    from dunning.config import Settings
-
     with shared.store_for(Settings()) as store:
         policies = ops.list_policies(store)
     if as_json:

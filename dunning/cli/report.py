@@ -12,13 +12,20 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dunning.config import get_settings
 from dunning.rendering import format_amount
-from dunning.reports import GroupBy, GroupFigures, Interval, RecoveryReport, ReportError, parse_since, recovery_report
+from dunning.reports import (
+    NO_KEY_LABELS,
+    GroupBy,
+    GroupFigures,
+    Interval,
+    RecoveryReport,
+    ReportError,
+    parse_since,
+    recovery_report,
+)
 from dunning.store import Store
 
 console = Console()
 errors = Console(stderr=True)
-
-_NONE_LABEL = {"step": "(before any step)", "channel": "(no message sent)", "variant": "(no experiment)"}
 
 
 def report(
@@ -80,7 +87,7 @@ def _figures_table(title: str, first: str, groups: list[GroupFigures], by: str) 
         table.add_column(name, justify="right")
     for g in groups:
         table.add_row(
-            g.key if g.key is not None else _NONE_LABEL.get(by, "(unknown)"),
+            g.key if g.key is not None else f"({NO_KEY_LABELS.get(by, 'unknown')})",
             str(g.journeys), str(g.open), str(g.recovered), _rate(g.recovery_rate), _amounts(g),
             _num(g.median_days_to_recovery), _num(g.attempts_per_recovery), str(g.messages_sent),
             _num(g.messages_per_recovery),

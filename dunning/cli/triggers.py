@@ -35,7 +35,15 @@ from dunning.config import TASK_QUEUE, Settings, get_settings
 from dunning.models import Customer, Decline, FailedPayment, PaymentMethod
 from dunning.policies import policy_for_new_journeys
 from dunning.store import Store
-from dunning.stripe_events import UnusableEvent, payment_from_intent, payment_from_invoice
+from dunning.stripe_events import (
+    UnusableEvent,
+    from_unix,
+    id_of,
+    invoice_of_payments,
+    invoice_payments_query,
+    payment_from_intent,
+    payment_from_invoice,
+)
 from dunning.temporal import connect
 from dunning.triggers import start_journey
 
@@ -179,19 +187,18 @@ def _stripe(settings: Settings, what: str) -> stripe.StripeClient:
     return make_client(settings.stripe_api_key, settings.stripe_api_base)
 
 
-def _ts(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(int(value), tz=UTC) if value not in (None, "") else None
+def _attempted(invoice: dict[str, Any]) -> bool:
+    return bool(invoice.get("attempted") or (invoice.get("attempt_count") or 0) > 0)
 
 
 def invoice_failed_at(invoice: dict[str, Any], now: datetime) -> datetime:
     """When the invoice failed, as near as the invoice tells: finalized (the first attempt follows
     within the hour), or its due date for one that was never attempted."""
-    due = _ts(invoice.get("due_date"))
-    attempted = invoice.get("attempted") or (invoice.get("attempt_count") or 0) > 0
-    if not attempted and due is not None and due <= now:
+    due = from_unix(invoice.get("due_date"))
+    if not _attempted(invoice) and due is not None and due <= now:
         return due
-    finalized = _ts((invoice.get("status_transitions") or {}).get("finalized_at"))
-    return finalized or _ts(invoice.get("created")) or now
+    finalized = from_unix((invoice.get("status_transitions") or {}).get("finalized_at"))
+    return finalized or from_unix(invoice.get("created")) or now
 
 
 def overdue_reason(invoice: dict[str, Any], now: datetime) -> str | None:
@@ -200,9 +207,8 @@ def overdue_reason(invoice: dict[str, Any], now: datetime) -> str | None:
         return f"invoice is {invoice.get('status')}"
     if (invoice.get("amount_remaining") or 0) <= 0:
         return "nothing remains due"
-    attempted = invoice.get("attempted") or (invoice.get("attempt_count") or 0) > 0
-    due = _ts(invoice.get("due_date"))
-    if not attempted and (due is None or due > now):
+    due = from_unix(invoice.get("due_date"))
+    if not _attempted(invoice) and (due is None or due > now):
         return "not attempted and not yet due"
     return None
 
@@ -221,17 +227,15 @@ def intent_skip_reason(client: stripe.StripeClient, intent: dict[str, Any]) -> s
 
 def _invoice_of(client: stripe.StripeClient, intent: dict[str, Any]) -> str | None:
     if "invoice" in intent:  # API versions before 2025-03-31 say it directly
-        value = intent["invoice"]
-        return value.get("id") if isinstance(value, dict) else value
-    listed = client.v1.invoice_payments.list({"payment": {"type": "payment_intent", "payment_intent": intent["id"]}, "limit": 1})
-    found = (p.to_dict().get("invoice") for p in listed.data)
-    return next((f.get("id") if isinstance(f, dict) else f for f in found if f), None)
+        return id_of(intent["invoice"])
+    listed = client.v1.invoice_payments.list(invoice_payments_query(intent["id"]))
+    return invoice_of_payments(p.to_dict() for p in listed.data)
 
 
 def intent_failed_at(intent: dict[str, Any]) -> datetime:
     charge = intent.get("latest_charge")
     created = charge.get("created") if isinstance(charge, dict) else None
-    return _ts(created) or _ts(intent.get("created")) or datetime.now(UTC)
+    return from_unix(created) or from_unix(intent.get("created")) or datetime.now(UTC)
 
 
 def _stripe_error(error: stripe.StripeError, what: str) -> NoReturn:

@@ -11,6 +11,7 @@ from dunning.models import Frozen
 
 WORKFLOW_NAME = "CollectionsExportWorkflow"
 SCHEDULE_ID = "collections-export"
+EXPORT_REFUSED = "ExportRefused"  # the error type of failures no retry fixes (bad data, credentials)
 
 
 def export_workflow_id(business_date: date) -> str:
@@ -47,11 +48,8 @@ class ExportBatch(Frozen):
     files: tuple[ExportedFile, ...]
 
 
-class ExportResult(Frozen):
-    export_id: str
-    business_date: date
-    placements: int
-    recalls: int
-    files: tuple[ExportedFile, ...]
+class ExportResult(ExportBatch):
+    """The batch as delivered (same fields, same order, then where and when)."""
+
     destination: str = Field(description="where it went, without credentials")
     delivered_at: datetime

@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import cached_property
 from typing import Any
 
 from dunning.collections.config import CONTACT_FIELDS
@@ -66,7 +67,7 @@ class ExportFile:
     content: bytes
     records: int
 
-    @property
+    @cached_property  # read by the manifest, the stored digests and every delivery header
     def sha256(self) -> str:
         return hashlib.sha256(self.content).hexdigest()
 

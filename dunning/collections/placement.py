@@ -60,7 +60,7 @@ def was_disputed(state: JourneyState) -> bool:
 def placement_request(state: JourneyState, at: datetime) -> PlacementRequest:
     payment = state.payment
     attempts = state.attempts
-    last_declined = next((a for a in reversed(state.attempts) if a.decline_class is not None), None)
+    last_declined = next((a for a in reversed(attempts) if a.decline_class is not None), None)
     sent = [m for m in state.messages if m.status == "sent"]
     return PlacementRequest(
         journey_id=state.journey_id,

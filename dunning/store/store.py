@@ -11,7 +11,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +26,31 @@ from dunning.config import Settings, get_settings
 from dunning.migrations import alembic_config
 from dunning.store.records import (
     CARD_ATTEMPT_STATUSES,
+    COLLECTION_STATUSES,
     MESSAGE_STATUSES,
     WEBHOOK_STATUSES,
     AuditRecord,
     CardAttemptRecord,
+    ExportRecord,
     JourneyRecord,
     MessageRecord,
+    PlacementRecord,
     PolicyActivationRecord,
     PolicyRecord,
+    ReconciliationUpdate,
 )
 from dunning.store.schema import (
     AuditEntry,
     CardAttempt,
     ContactPreference,
+    Export,
     Journey,
     Message,
+    Placement,
     Policy,
     PolicyActivation,
     WebhookEvent,
 )
-# Collections: placements for the collection partner and their export batches.
-from datetime import date  # noqa: E402
-from dunning.store.records import (  # noqa: E402
-    COLLECTION_STATUSES,
-    ExportRecord,
-    PlacementRecord,
-    ReconciliationUpdate,
-)
-from dunning.store.schema import Export, Placement  # noqa: E402
 
 # Network rules count attempts per card over rolling 30-day windows; one day of slack.
 CARD_HISTORY_WINDOW = timedelta(days=31)

@@ -10,7 +10,6 @@ from datetime import timedelta
 
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from dunning import search_attributes
@@ -18,17 +17,17 @@ from dunning.api.webhooks import SOURCE
 from dunning.journey import JourneyStatus
 from dunning.models import Stage
 from dunning.scenarios import Scenario
-from dunning.stripe_events import signature_header
 from tests.support import binary
 from tests.webhook_support import (
     FAST_POLICY,
-    SECRET,
     event,
+    exists,
     http,
     invoice,
     listed,
     post_event,
     signed,
+    signed_headers,
     webhook_app,
 )
 
@@ -62,15 +61,6 @@ def scenario(invoice_id: str, customer: str) -> Scenario:
     )
 
 
-async def exists(client, journey_id: str) -> bool:
-    try:
-        await client.get_workflow_handle(journey_id).describe()
-    except RPCError as error:
-        assert error.status == RPCStatusCode.NOT_FOUND
-        return False
-    return True
-
-
 async def test_bad_stale_or_missing_signatures_are_refused_and_nothing_is_recorded(dev_env, harness, tmp_path):
     app = webhook_app(harness, tmp_path, dev_env.client)
     failure = event("invoice.payment_failed", invoice("in_sig", "cus_sig"))
@@ -94,22 +84,18 @@ async def test_malformed_or_oversized_bodies(dev_env, harness, tmp_path):
     app = webhook_app(harness, tmp_path, dev_env.client)
     async with http(app) as client:
         body = b'{"id": "evt_1", "type": '
-        not_json = await client.post("/webhooks/stripe", content=body, headers=_signature(body))
+        not_json = await client.post("/webhooks/stripe", content=body, headers=signed_headers(body))
         body = json.dumps(["not", "an", "event"]).encode()
-        not_event = await client.post("/webhooks/stripe", content=body, headers=_signature(body))
+        not_event = await client.post("/webhooks/stripe", content=body, headers=signed_headers(body))
         body = json.dumps({"id": "evt_2", "object": "event", "type": "invoice.paid"}).encode()
-        no_created = await client.post("/webhooks/stripe", content=body, headers=_signature(body))
+        no_created = await client.post("/webhooks/stripe", content=body, headers=signed_headers(body))
         body = b"{" + b" " * (1 << 20) + b"}"
-        too_big = await client.post("/webhooks/stripe", content=body, headers=_signature(body))
+        too_big = await client.post("/webhooks/stripe", content=body, headers=signed_headers(body))
     assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["detail"]
     assert not_event.status_code == 400 and "not a Stripe event: the body is not a JSON object" in not_event.json()["detail"]
     assert no_created.status_code == 400 and "integer `created`" in no_created.json()["detail"]
     assert too_big.status_code == 413 and "limit" in too_big.json()["detail"]
     assert sum(harness.store.webhook_event_counts().values()) == 0
-
-
-def _signature(body: bytes) -> dict[str, str]:
-    return {"Stripe-Signature": signature_header(body, SECRET), "Content-Type": "application/json"}
 
 
 async def test_without_a_webhook_secret_the_endpoint_says_how_to_configure_it(dev_env, harness, tmp_path):
@@ -161,10 +147,15 @@ async def test_duplicate_failure_deliveries_start_one_journey_that_ends_recovere
     assert harness.store.webhook_event_counts()["processed"] == 3
 
 
-async def test_when_temporal_is_down_the_event_fails_and_its_redelivery_is_acted_on(dev_env, harness, tmp_path):
+def _closed_address() -> str:
+    """A loopback address nothing listens on: Temporal is down."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_when_temporal_is_down_the_event_fails_and_its_redelivery_is_acted_on(dev_env, harness, tmp_path):
+    closed = _closed_address()
     app = webhook_app(harness, tmp_path, None, temporal_address=closed)
     failure = event("invoice.payment_failed", invoice("in_down", "cus_down"))
     async with http(app) as client:
@@ -196,9 +187,7 @@ async def test_an_answer_past_its_time_budget_is_accepted_and_the_start_still_ha
 
 
 async def test_an_accepted_event_whose_start_then_fails_is_started_by_the_sweeper(dev_env, harness, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    closed = _closed_address()
     app = webhook_app(harness, tmp_path, None, temporal_address=closed, dunning_webhook_answer_within_ms=0)
     failure = event("invoice.payment_failed", invoice("in_later", "cus_later"))
     async with http(app) as client:

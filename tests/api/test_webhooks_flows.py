@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from dunning import search_attributes
@@ -18,7 +18,7 @@ from dunning.journey import JourneyStatus
 from dunning.models import Stage
 from dunning.scenarios import Scenario
 from tests.support import binary
-from tests.webhook_support import FAST_POLICY, card, event, http, intent, invoice, post_event, webhook_app
+from tests.webhook_support import FAST_POLICY, card, event, exists, http, intent, invoice, post_event, webhook_app
 
 WAIT = 60  # seconds: a whole compressed journey is 40 s
 
@@ -71,15 +71,6 @@ async def running(client, journey_id: str) -> JourneyStatus:
             return status
         await asyncio.sleep(0.1)
     raise AssertionError(f"{journey_id} did not open within 20 s")
-
-
-async def exists(client, journey_id: str) -> bool:
-    try:
-        await client.get_workflow_handle(journey_id).describe()
-    except RPCError as error:
-        assert error.status == RPCStatusCode.NOT_FOUND
-        return False
-    return True
 
 
 def charges(harness, journey_id: str) -> list[tuple[str, str]]:
