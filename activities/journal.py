@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from pydantic_core import to_jsonable_python
 from temporalio import activity
 
 from activities.payments import counted_attempts, to_card_attempt
@@ -107,6 +108,6 @@ class JournalActivities:
                 recovered_via=("retry" if winning else "out_of_band") if recovered else None,
                 attempts_count=sum(1 for a in status.attempts if a.number > 0),
                 messages_count=sum(1 for m in status.messages if m.status == "sent"),
-                timeline=[entry.model_dump(mode="json") for entry in status.timeline],
+                timeline=to_jsonable_python(status.timeline),
             )
         )

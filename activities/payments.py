@@ -19,6 +19,7 @@ from dunning.budgets import CardAttempt, RetryLimits, earliest_attempt
 from dunning.declines import classify
 from dunning.models import ChargeOutcome, Decline, FailedPayment
 from dunning.ports import (
+    COLLECTION_CONTEXT_ACTIVITY,
     ChargeRequest,
     ChargeResult,
     CollectionContext,
@@ -76,7 +77,7 @@ class PaymentActivities:
         self.gateway = gateway
         self.store = store
 
-    @activity.defn(name="payments.collection_context")
+    @activity.defn(name=COLLECTION_CONTEXT_ACTIVITY)
     def collection_context(self, payment: FailedPayment) -> CollectionContext:
         return self.gateway.collection_context(payment)
 

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
+from dunning import simulate  # noqa: E402
 from dunning.config import Settings  # noqa: E402
 from dunning.models import Customer, FailedPayment  # noqa: E402
 from dunning.policies import policy_for_new_journeys  # noqa: E402
@@ -283,10 +284,9 @@ class Phase:
         return self.events / self.seconds if self.seconds else 0.0
 
     def percentile(self, p: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] * 1000
+        """Answer time in ms at percentile p (0-100); nan without answers."""
+        seconds = simulate.percentile(self.latencies, p / 100)
+        return float("nan") if seconds is None else seconds * 1000
 
 
 class Poster:

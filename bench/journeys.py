@@ -54,17 +54,16 @@ from chaos.scenarios import KINDS, Case, build_cases, ladder_seconds, run_tag, s
 from chaos.stack import POLICY, ProcessStack, StackFailed, cpu_seconds  # noqa: E402
 from dunning.journey import WORKFLOW_NAME  # noqa: E402
 from dunning.policy import load_policy  # noqa: E402
+from dunning.simulate import percentile  # noqa: E402
 
 BENCH_KINDS = tuple(kind for kind in KINDS if kind != "paid-first")
 HISTORY_TARGET = 300
 MiB = 1024 * 1024
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+def percentile_ms(seconds: list[float], q: float) -> float | None:
+    value = percentile(seconds, q)
+    return None if value is None else round(value * 1000, 1)
 
 
 async def play(case: Case, gateway: SandboxGateway, deliverer: Deliverer, gate: asyncio.Semaphore, latencies: list[float]) -> None:
@@ -188,16 +187,16 @@ async def bench(n: int, scale: float, concurrency: int, data_dir: Path, say) -> 
         "local_activities": local,
         "local_activities_per_s": round(local / span, 2) if closes else 0.0,
         "history_events_mean": round(statistics.fmean(lengths), 1) if lengths else None,
-        "history_events_p95": percentile(lengths, 0.95) if lengths else None,
+        "history_events_p95": round(percentile(lengths, 0.95), 1) if lengths else None,
         "history_events_max": max(lengths) if lengths else None,
         "history_target": HISTORY_TARGET,
         "history_bytes_mean": round(statistics.fmean(h.bytes for h in counts)) if counts else None,
-        "activity_schedule_to_start_p95_ms": round(percentile(activity_waits, 0.95) * 1000, 1),
-        "workflow_task_schedule_to_start_p95_ms": round(percentile(task_waits, 0.95) * 1000, 1),
+        "activity_schedule_to_start_p95_ms": percentile_ms(activity_waits, 0.95),
+        "workflow_task_schedule_to_start_p95_ms": percentile_ms(task_waits, 0.95),
         "worker_peak_rss_mib": [round(r / MiB, 1) if r else None for r in rss],
         "worker_cpu_s": [round(c, 1) if c is not None else None for c in cpu],
-        "webhook_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
-        "webhook_p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
+        "webhook_p50_ms": percentile_ms(latencies, 0.5),
+        "webhook_p95_ms": percentile_ms(latencies, 0.95),
         "ends": dict(sorted(findings.ends.items())),
         "violations": len(problems),
         "violations_by_category": dict(Counter(v.category for v in findings.violations)),

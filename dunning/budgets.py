@@ -160,34 +160,26 @@ def earliest_attempt(
     on_card = sorted((a for a in history if a.card_key == key), key=_by_time)
 
     blocked: list[str] = []
-    waits: list[tuple[datetime, str]] = []
+    longest_wait: tuple[datetime, CardAttempt, DeclineVerdict] | None = None
     for a in on_card:
         if a.decline is None:
             continue
         attempt_brand = a.brand or card.brand
         verdict = classify(a.decline, attempt_brand, limits.mastercard_02_delay)
-        if not (verdict.stop_method or verdict.min_delay):
+        # the reasons are written only for what is reported: the longest wait and any stop
+        if verdict.min_delay and (longest_wait is None or a.at + verdict.min_delay > longest_wait[0]):
+            longest_wait = (a.at + verdict.min_delay, a, verdict)
+        if not verdict.stop_method:
             continue
         explained = "; ".join(verdict.reasons)
-        if verdict.stop_method:
-            if stops_card(a.decline, attempt_brand):
-                blocked.append(
-                    f"card stopped for good by the decline at {a.at.isoformat()}: {explained}"
-                )
-            elif a.payment_method_id == card.id and not (
-                card.last_succeeded_at is not None and card.last_succeeded_at > a.at
-            ):
-                blocked.append(
-                    f"payment method {card.id} stopped until updated by the decline at "
-                    f"{a.at.isoformat()}: {explained}"
-                )
-        if verdict.min_delay:
-            waits.append(
-                (
-                    a.at + verdict.min_delay,
-                    f"wait {format_duration(verdict.min_delay)} after the decline at "
-                    f"{a.at.isoformat()}: {explained}",
-                )
+        if stops_card(a.decline, attempt_brand):
+            blocked.append(f"card stopped for good by the decline at {a.at.isoformat()}: {explained}")
+        elif a.payment_method_id == card.id and not (
+            card.last_succeeded_at is not None and card.last_succeeded_at > a.at
+        ):
+            blocked.append(
+                f"payment method {card.id} stopped until updated by the decline at "
+                f"{a.at.isoformat()}: {explained}"
             )
 
     mine = sorted((a for a in history if a.journey_id == journey_id), key=_by_time)
@@ -207,11 +199,12 @@ def earliest_attempt(
 
     reasons: list[str] = []
     t = not_before
-    if waits:
-        until, why = max(waits, key=lambda w: w[0])
-        if until > t:
-            t = until
-            reasons.append(why)
+    if longest_wait is not None and longest_wait[0] > t:
+        t, a, verdict = longest_wait
+        reasons.append(
+            f"wait {format_duration(verdict.min_delay)} after the decline at {a.at.isoformat()}: "
+            + "; ".join(verdict.reasons)
+        )
 
     windows: list[_Window] = []
     same_amount = [a.at for a in on_card if a.amount == amount and a.currency.lower() == currency]

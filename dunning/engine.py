@@ -6,10 +6,11 @@ so what ops preview is what customers get. Every decision carries a human-readab
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from dunning.budgets import CardAttempt, earliest_attempt
 from dunning.declines import DeclineClass, classify
@@ -18,7 +19,6 @@ from dunning.models import (
     ChargeOutcome,
     Decline,
     FailedPayment,
-    Frozen,
     PaymentMethod,
     Stage,
 )
@@ -35,8 +35,18 @@ AttemptStatus = Literal["succeeded", "declined", "requires_action", "processing"
 MessageStatus = Literal["sent", "skipped", "undeliverable", "opted_out"]
 
 
-class AttemptRecord(Frozen):
-    number: int = Field(description="0 is the failure that started the journey")
+# The records below are made many times per journey (the simulator makes millions): plain frozen
+# dataclasses cost a fraction of a validated model; pydantic still validates and serializes them
+# inside JourneyState and the API models.
+_RECORD = dict(frozen=True, slots=True, kw_only=True)
+_STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass(**_RECORD)
+class AttemptRecord:
+    __pydantic_config__ = _STRICT
+
+    number: Annotated[int, Field(description="0 is the failure that started the journey")]
     at: datetime
     payment_method_id: str
     card_key: str
@@ -49,7 +59,10 @@ class AttemptRecord(Frozen):
     reason: str = ""
 
 
-class MessageRecord(Frozen):
+@dataclass(**_RECORD)
+class MessageRecord:
+    __pydantic_config__ = _STRICT
+
     step_id: str
     channel: Channel
     at: datetime
@@ -57,13 +70,19 @@ class MessageRecord(Frozen):
     detail: str = ""
 
 
-class TimelineEntry(Frozen):
+@dataclass(**_RECORD)
+class TimelineEntry:
+    __pydantic_config__ = _STRICT
+
     at: datetime
     kind: str
     text: str
 
 
-class Decision(Frozen):
+@dataclass(**_RECORD)
+class Decision:
+    __pydantic_config__ = _STRICT
+
     kind: DecisionKind
     at: datetime
     reason: str
@@ -111,6 +130,7 @@ class JourneyState(BaseModel):
     access_restricted: bool = False
     timeline: list[TimelineEntry] = []
     seen_events: list[str] = []
+    _own_card_attempts: tuple[tuple[AttemptRecord, ...], list[CardAttempt]] | None = PrivateAttr(None)
 
     @property
     def decline_class(self) -> DeclineClass | None:
@@ -152,7 +172,8 @@ def start_journey(
     initial_method = _initial_method(payment)
     if initial_method is not None and all(m.id != initial_method.id for m in methods):
         methods.append(initial_method)
-    state = JourneyState(
+    # Every part is already a validated model: skip re-validating them (run for each journey).
+    state = JourneyState.model_construct(
         journey_id=payment.journey_id,
         payment=payment,
         policy_version=policy.version or policy.name,
@@ -227,8 +248,11 @@ def next_decision(policy: Policy, state: JourneyState, now: datetime) -> Decisio
         prompt = _plan_prompt_retry(policy, state, now)
         if prompt is not None:
             return prompt
-    step = next((s for s in state.ladder if s.id not in state.steps_done), None)
-    if step is None:  # unreachable for validated policies: the last step always ends the journey
+    done = state.steps_done
+    for step in state.ladder:
+        if step.id not in done:
+            break
+    else:  # unreachable for validated policies: the last step always ends the journey
         return Decision(kind="finish", at=now, reason="ladder exhausted")
     window_start = state.ladder_base + step.at
     window_end = window_start + step.window
@@ -248,11 +272,7 @@ def next_decision(policy: Policy, state: JourneyState, now: datetime) -> Decisio
 
 def usable_methods(policy: Policy, state: JourneyState, now: datetime) -> list[PaymentMethod]:
     """Default first, then most recently successful; skipping expired and stopped methods."""
-    usable = [
-        m
-        for m in state.payment_methods
-        if m.id not in state.stopped_methods and not m.expired_at(now)
-    ]
+    usable = [m for m in state.payment_methods if _usable(m, state, now)]
     usable.sort(
         key=lambda m: (
             not m.default,
@@ -262,6 +282,10 @@ def usable_methods(policy: Policy, state: JourneyState, now: datetime) -> list[P
     if not policy.cycle_payment_methods:
         return usable[:1]
     return usable
+
+
+def _usable(method: PaymentMethod, state: JourneyState, now: datetime) -> bool:
+    return method.id not in state.stopped_methods and not method.expired_at(now)
 
 
 def _cycled(methods: list[PaymentMethod], state: JourneyState) -> list[PaymentMethod]:
@@ -276,7 +300,12 @@ def _cycled(methods: list[PaymentMethod], state: JourneyState) -> list[PaymentMe
     return methods[start:] + methods[:start]
 
 
-def _card_history(state: JourneyState) -> list[CardAttempt]:
+def _own_card_attempts(state: JourneyState) -> list[CardAttempt]:
+    """This journey's attempts as ledger entries; remade only when its attempts change."""
+    attempts = tuple(state.attempts)  # records are immutable: the same records, the same entries
+    cached = state._own_card_attempts
+    if cached is not None and cached[0] == attempts:
+        return cached[1]
     amount, currency, journey_id = state.payment.amount, state.payment.currency, state.journey_id
     own = [
         CardAttempt(
@@ -289,17 +318,18 @@ def _card_history(state: JourneyState) -> list[CardAttempt]:
             payment_method_id=a.payment_method_id,
             decline=a.decline,
         )
-        for a in state.attempts
+        for a in attempts
         if a.status != "error"  # refused before reaching the card network
     ]
-    others = list(state.ledger)  # other journeys' attempts on these cards, from the store
-    return own + others
+    state._own_card_attempts = (attempts, own)
+    return own
 
 
 def _budget(policy: Policy, state: JourneyState, method: PaymentMethod, not_before: datetime):
     # this card across journeys (network limits) plus this journey on every card (the journey cap)
-    card_key, journey_id = method.card_key, state.journey_id
-    history = [h for h in _card_history(state) if h.card_key == card_key or h.journey_id == journey_id]
+    card_key = method.card_key
+    # other journeys' attempts on these cards come from the store's ledger
+    history = [*_own_card_attempts(state), *(h for h in state.ledger if h.card_key == card_key)]
     return earliest_attempt(
         card=method,
         amount=state.payment.amount,
@@ -569,13 +599,12 @@ def apply_reconciled(policy: Policy, state: JourneyState, outcome: ChargeOutcome
     index = next(i for i, a in enumerate(state.attempts) if a.number == number)
     previous = state.attempts[index]
     verdict = classify(outcome.decline or Decline(), previous.brand, policy.limits.mastercard_02_delay) if outcome.status == "declined" else None
-    state.attempts[index] = previous.model_copy(
-        update={
-            "status": outcome.status,
-            "decline": outcome.decline,
-            "decline_class": verdict.decline_class if verdict else None,
-            "charge_id": outcome.charge_id or previous.charge_id,
-        }
+    state.attempts[index] = replace(
+        previous,
+        status=outcome.status,
+        decline=outcome.decline,
+        decline_class=verdict.decline_class if verdict else None,
+        charge_id=outcome.charge_id or previous.charge_id,
     )
     state.note(at, "reconciled", f"attempt {number} read back: {outcome.status}")
     if outcome.status != "processing":
@@ -781,7 +810,7 @@ def _refresh_stage(policy: Policy, state: JourneyState, at: datetime) -> None:
         return
     if state.paused_since is not None:
         state.stage = Stage.paused
-    elif usable_methods(policy, state, at):
+    elif any(_usable(m, state, at) for m in state.payment_methods):
         state.stage = Stage.retrying
     else:
         state.stage = Stage.awaiting_customer

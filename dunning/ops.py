@@ -42,7 +42,7 @@ from dunning.journey import (
 )
 from dunning.models import TERMINAL_STAGES, Customer, Stage
 from dunning.policy import Policy, parse_policy
-from dunning.ports import CollectionContext
+from dunning.ports import COLLECTION_CONTEXT_ACTIVITY, CollectionContext
 from dunning.store import Store
 from dunning.store.records import JourneyRecord, PolicyRecord
 from dunning.timing import customer_zone
@@ -267,7 +267,7 @@ async def journey_customer(client: Client, journey_id: str) -> Customer | None:
                     return journey.resume.payment.customer
                 customer = journey.payment.customer
             elif event.HasField("activity_task_scheduled_event_attributes"):
-                if event.activity_task_scheduled_event_attributes.activity_type.name == "payments.collection_context":
+                if event.activity_task_scheduled_event_attributes.activity_type.name == COLLECTION_CONTEXT_ACTIVITY:
                     scheduled = event.event_id
             elif event.HasField("activity_task_completed_event_attributes"):
                 attributes = event.activity_task_completed_event_attributes

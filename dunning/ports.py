@@ -42,6 +42,10 @@ class CollectionContext(Frozen):
     initial_decline: Decline | None = Field(default=None, description="decline fields of the failure")
 
 
+# The activity that fills it in; ops reads its result back from journey histories by this name.
+COLLECTION_CONTEXT_ACTIVITY = "payments.collection_context"
+
+
 class ChargeRequest(Frozen):
     journey_id: str
     attempt_number: int = Field(ge=1)

@@ -18,26 +18,32 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import multiprocessing
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
+from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from dunning import engine
 from dunning.budgets import CardAttempt, RetryLimits, earliest_attempt, violations
 from dunning.engine import Decision, JourneyState
-from dunning.models import Channel, ChargeOutcome, Customer, Decline
+from dunning.models import Channel, ChargeOutcome, Customer
 from dunning.policy import Policy, Segment
 from dunning.scenarios import Behavior, Scenario, ScenarioError, _field_path
 from dunning.timing import customer_zone, in_quiet_hours, valid_phone_number
 
 UTC = timezone.utc
 DAY = 86400.0
+CAP_24H, CAP_7D = timedelta(hours=24), timedelta(days=7)  # the messaging caps' spans
 # The store's card history window and the messaging activity's cap exemption (kept in step with
 # dunning/store/store.py and activities/messaging.py, which the simulator must not import).
 CARD_HISTORY_WINDOW = timedelta(days=31)
@@ -62,15 +68,17 @@ def minor_unit_exponent(currency: str) -> int:
 
 def iso(moment: datetime) -> str:
     """UTC to the second (simulated times carry the 1 ms execution lag below that)."""
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # --- reading scenario files --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Line:
-    """One scenario line, parsed just enough to cluster it; validated by whoever simulates it."""
+class Line(NamedTuple):
+    """One scenario line, parsed just enough to cluster it; validated by whoever simulates it.
+
+    A named tuple: cheap to make, and the garbage collector stops tracking it (a file's lines
+    stay alive for the whole run, in the parent and in every worker)."""
 
     number: int
     text: str
@@ -83,48 +91,100 @@ def _keys(data: dict[str, Any]) -> tuple[str, ...]:
     if isinstance(customer, dict) and isinstance(customer.get("id"), str):
         keys.append("customer:" + customer["id"])
     methods = data.get("payment_methods")
-    methods = list(methods) if isinstance(methods, list) else []
+    methods = [m for m in methods if isinstance(m, dict)] if isinstance(methods, list) else []
     response = data.get("customer_response")
     if isinstance(response, dict) and isinstance(response.get("new_payment_method"), dict):
         methods.append(response["new_payment_method"])
     for method in methods:
-        if isinstance(method, dict):
-            key = method.get("fingerprint") or method.get("id")
-            if isinstance(key, str):
-                keys.append("card:" + key)
+        key = method.get("fingerprint") or method.get("id")
+        if isinstance(key, str):
+            keys.append("card:" + key)
     initial = data.get("initial_decline")
     if isinstance(initial, dict) and isinstance(initial.get("payment_method"), str):
         # a method not on file is its own card (PaymentMethod.card_key falls back to the id)
         wanted = initial["payment_method"]
-        if not any(isinstance(m, dict) and m.get("id") == wanted for m in methods):
+        if wanted not in [m.get("id") for m in methods]:
             keys.append("card:" + wanted)
     return tuple(keys)
 
 
-def read_lines(path: str | Path) -> list[Line]:
-    """Every scenario line with its number; JSON errors and duplicate ids name their line."""
+def _json_object(path: str, number: int, text: str) -> dict[str, Any]:
+    try:
+        data = from_json(text)  # about twice as fast as json.loads
+    except ValueError:
+        # json's own message (and verdict: it also takes what jiter refuses, e.g. a lone surrogate)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ScenarioError(path, number, None, f"invalid JSON: {error.msg} (column {error.colno})") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(path, number, None, "each line must be a JSON object")
+    return data
+
+
+_Scanned = tuple[int, str | None, tuple[str, ...]]  # a line's number, scenario id (if a string), keys
+SCAN_CHUNK = 5000  # lines per task when worker processes parse a file
+_SCAN: dict[str, Any] = {}  # a parsing worker's file
+
+
+def _scan(path: str, texts: Sequence[str], start: int) -> tuple[list[_Scanned], ScenarioError | None]:
+    """The lines of the chunk at `start`, up to its first bad one, and that line's error."""
+    scanned: list[_Scanned] = []
+    for number in range(start + 1, min(start + SCAN_CHUNK, len(texts)) + 1):
+        text = texts[number - 1]
+        if not text.strip():
+            continue
+        try:
+            data = _json_object(path, number, text)
+        except ScenarioError as error:
+            return scanned, error
+        scenario_id = data.get("id")
+        scanned.append((number, scenario_id if isinstance(scenario_id, str) else None, _keys(data)))
+    return scanned, None
+
+
+def _init_scan(path: str, texts: list[str]) -> None:
+    _SCAN["path"], _SCAN["texts"] = path, texts
+
+
+def _scan_in_worker(start: int) -> tuple[list[_Scanned], ScenarioError | None]:
+    return _scan(_SCAN["path"], _SCAN["texts"], start)
+
+
+def read_lines(path: str | Path, *, workers: int = 1) -> list[Line]:
+    """Every scenario line with its number; JSON errors and duplicate ids name their line.
+
+    With several `workers`, processes parse the lines (most of the cost) while this one checks
+    the ids; the first bad line in the file is still the one reported.
+    """
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            texts = handle.readlines()
+    except OSError as error:
+        raise ScenarioError(path, 0, None, f"cannot read the file: {error.strerror}") from None
+    starts = range(0, len(texts), SCAN_CHUNK)
+    if workers <= 1 or len(starts) <= 1:
+        return _checked_lines(path, texts, (_scan(path, texts, start) for start in starts))
+    with _process_pool(workers, _init_scan, (path, texts)) as pool:
+        return _checked_lines(path, texts, pool.map(_scan_in_worker, starts))
+
+
+def _checked_lines(
+    path: str, texts: list[str], scans: Iterable[tuple[list[_Scanned], ScenarioError | None]]
+) -> list[Line]:
+    """The scanned chunks' lines in file order, up to the first bad line or duplicate id."""
     lines: list[Line] = []
     seen: dict[str, int] = {}
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as error:
-        raise ScenarioError(str(path), 0, None, f"cannot read the file: {error.strerror}") from None
-    with handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ScenarioError(str(path), number, None, f"invalid JSON: {error.msg} (column {error.colno})") from None
-            if not isinstance(data, dict):
-                raise ScenarioError(str(path), number, None, "each line must be a JSON object")
-            scenario_id = data.get("id")
-            if isinstance(scenario_id, str):
+    for scanned, error in scans:
+        for number, scenario_id, keys in scanned:
+            if scenario_id is not None:
                 if scenario_id in seen:
-                    raise ScenarioError(str(path), number, "id", f"duplicate scenario id {scenario_id!r} (first on line {seen[scenario_id]})")
+                    raise ScenarioError(path, number, "id", f"duplicate scenario id {scenario_id!r} (first on line {seen[scenario_id]})")
                 seen[scenario_id] = number
-            lines.append(Line(number, text, _keys(data)))
+            lines.append(Line(number, texts[number - 1], keys))
+        if error is not None:
+            raise error
     return lines
 
 
@@ -139,25 +199,23 @@ def parse_line(path: str, line: Line) -> Scenario:
 
 def clusters(lines: Sequence[Line]) -> list[list[Line]]:
     """Lines connected by a customer or a card, in file order, ordered by their first line."""
-    parent: dict[str, str] = {}
+    parent = list(range(len(lines)))  # union-find over positions in `lines`
 
-    def find(key: str) -> str:
-        root = key
-        while parent.setdefault(root, root) != root:
-            root = parent[root]
-        while parent[key] != root:
-            parent[key], key = root, parent[key]
-        return root
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = index = parent[parent[index]]  # path halving
+        return index
 
-    for line in lines:
-        own = f"line:{line.number}"
+    first_with: dict[str, int] = {}
+    for index, line in enumerate(lines):
         for key in line.keys:
-            a, b = find(own), find(key)
-            if a != b:
-                parent[a] = b
-    groups: dict[str, list[Line]] = {}
-    for line in lines:
-        groups.setdefault(find(f"line:{line.number}"), []).append(line)
+            first = first_with.setdefault(key, index)
+            if first != index:
+                a, b = root(first), root(index)
+                parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[Line]] = {}
+    for index, line in enumerate(lines):
+        groups.setdefault(root(index), []).append(line)
     return list(groups.values())
 
 
@@ -187,7 +245,10 @@ def next_allowed(times: Sequence[datetime], at: datetime, caps: Iterable[tuple[t
     """The messaging activity's cross-journey cap: when a message due at `at` may go out."""
     allowed = at
     for span, cap in caps:
-        recent = [t for t in times if t > allowed - span]
+        if len(times) < cap:  # too few messages to reach the cap, in any span
+            continue
+        since = allowed - span
+        recent = [t for t in times if t > since]
         if len(recent) >= cap:
             allowed = max(allowed, recent[len(recent) - cap] + span)
     return allowed
@@ -213,6 +274,13 @@ class JourneyOutcome:
     messages: dict[str, int]
     events: list[str] | None = None
 
+    def __reduce__(self) -> tuple[type[JourneyOutcome], tuple[Any, ...]]:
+        # The values alone: a pickle without every field's name is about half as costly to read
+        return JourneyOutcome, _JOURNEY_OUTCOME_VALUES(self)
+
+
+_JOURNEY_OUTCOME_VALUES = attrgetter(*(f.name for f in fields(JourneyOutcome)))
+
 
 @dataclass
 class Event:
@@ -227,12 +295,14 @@ class _Cluster:
     def __init__(self, policy: Policy, scenarios: Sequence[Scenario]):
         self.policy = policy
         self.scenarios = scenarios
+        # Only then can the ledger hold another journey's attempts (checking for them costs).
+        self.shared = len(scenarios) > 1
         self.ledger: dict[str, list[CardAttempt]] = defaultdict(list)
         self.initial: list[CardAttempt] = []  # the failures that started the journeys
         self.customer_messages: dict[str, list[datetime]] = defaultdict(list)
         self.caps = (
-            (timedelta(hours=24), policy.messaging.max_per_24h),
-            (timedelta(days=7), policy.messaging.max_per_7d),
+            (CAP_24H, policy.messaging.max_per_24h),
+            (CAP_7D, policy.messaging.max_per_7d),
         )
 
     def behavior(self, scenario: Scenario, pm_id: str) -> Behavior:
@@ -341,20 +411,24 @@ class _Journey:
         payment, cluster = self.payment, self.cluster
         initial = engine._initial_method(payment)
         if initial is not None:
+            decline = payment.initial_decline
+            if decline.payment_method != initial.id:  # the processor did not say which method
+                decline = decline.model_copy(update={"payment_method": initial.id})
             failure = CardAttempt(
                 at=payment.failed_at, card_key=initial.card_key, brand=initial.brand,
                 amount=payment.amount, currency=payment.currency, journey_id=payment.journey_id,
-                payment_method_id=initial.id,
-                decline=Decline(payment_method=initial.id, **payment.initial_decline.model_dump(exclude={"payment_method"})),
+                payment_method_id=initial.id, decline=decline,
             )
             cluster.ledger[initial.card_key].append(failure)
             cluster.initial.append(failure)
-        keys = sorted({m.card_key for m in payment.payment_methods} | ({initial.card_key} if initial else set()))
-        since = payment.failed_at - CARD_HISTORY_WINDOW
-        ledger = [
-            a for key in keys for a in cluster.ledger.get(key, ())
-            if a.journey_id != payment.journey_id and a.at >= since
-        ]
+        ledger: list[CardAttempt] = []
+        if cluster.shared:
+            keys = sorted({m.card_key for m in payment.payment_methods} | ({initial.card_key} if initial else set()))
+            since = payment.failed_at - CARD_HISTORY_WINDOW
+            ledger = [
+                a for key in keys for a in cluster.ledger.get(key, ())
+                if a.journey_id != payment.journey_id and a.at >= since
+            ]
         self.state = engine.start_journey(self.policy, payment, ledger=ledger)
 
     def _execute(self, decision: Decision) -> None:
@@ -382,7 +456,7 @@ class _Journey:
         """payments.charge: reserve within the card's budget (every journey), then charge."""
         state, policy, now, cluster = self.state, self.policy, self.now, self.cluster
         method = next(m for m in state.payment_methods if m.id == decision.payment_method_id)
-        history = cluster.history(method.card_key, now)
+        history = cluster.history(method.card_key, now) if cluster.shared else []
         # With no other journey on the card the store sees a subset of what the engine planned
         # with, and budgets only loosen with time: its check cannot refuse, so skip the work.
         if any(a.journey_id != state.journey_id for a in history):
@@ -446,7 +520,11 @@ class _Journey:
 
     def outcome(self) -> JourneyOutcome:
         state = self.state
-        messages = Counter(m.channel.value for m in state.messages if m.status == "sent")
+        messages: dict[str, int] = {}  # sent per channel (a Counter costs more than the counting)
+        for message in state.messages:
+            if message.status == "sent":
+                channel = message.channel.value
+                messages[channel] = messages.get(channel, 0) + 1
         return JourneyOutcome(
             scenario_id=self.scenario.id,
             currency=self.payment.currency,
@@ -458,7 +536,7 @@ class _Journey:
             ended_at=self.ended_at,
             recovered_at=state.recovered_at if self.result == "recovered" else None,
             attempts=self.retries,
-            messages=dict(messages),
+            messages=messages,
             events=[_event_line(self.scenario.id, e) for e in self.events] if self.events is not None else None,
         )
 
@@ -482,6 +560,12 @@ class ClusterResult:
     network_violations: list[str]
     messaging_violations: list[str]
     states: dict[str, JourneyState] = field(default_factory=dict)  # by scenario id, when kept
+
+    def __reduce__(self) -> tuple[type[ClusterResult], tuple[Any, ...]]:
+        return ClusterResult, _CLUSTER_RESULT_VALUES(self)  # as JourneyOutcome's
+
+
+_CLUSTER_RESULT_VALUES = attrgetter(*(f.name for f in fields(ClusterResult)))
 
 
 def simulate_cluster(
@@ -570,7 +654,7 @@ def messaging_violations(policy: Policy, journeys: Sequence[tuple[Scenario, Jour
                 found.extend(f"{label} {rule}" for rule in broken)
             if message.step_id not in exempt:
                 per_customer[customer.id].append(message.at)
-    caps = (("24 hours", timedelta(hours=24), policy.messaging.max_per_24h), ("7 days", timedelta(days=7), policy.messaging.max_per_7d))
+    caps = (("24 hours", CAP_24H, policy.messaging.max_per_24h), ("7 days", CAP_7D, policy.messaging.max_per_7d))
     for customer_id, times in per_customer.items():
         times.sort()
         for name, span, cap in caps:
@@ -652,7 +736,6 @@ def run_file(
     progress: Callable[[int], None] | None = None,
     on_cluster: Callable[[str, ClusterResult], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
-    lines: list[Line] | None = None,
 ) -> dict[str, list[ClusterResult]]:
     """Simulate every cluster of the file under each run; results per run, in cluster order.
 
@@ -661,8 +744,8 @@ def run_file(
     report then keeps only those journeys).
     """
     path = str(path)
-    lines = read_lines(path) if lines is None else lines
-    groups = clusters(lines)
+    workers = workers or os.cpu_count() or 1
+    groups = clusters(read_lines(path, workers=workers))
     tasks: list[tuple[str, list[int]]] = []
     planned = 0
     for run in runs:
@@ -672,7 +755,6 @@ def run_file(
     if on_plan is not None:
         on_plan(planned)
     results: dict[str, list[ClusterResult]] = {run.name: [] for run in runs}
-    workers = workers or os.cpu_count() or 1
     by_name = {run.name: run for run in runs}
 
     def take(name: str, found: list[ClusterResult]) -> None:
@@ -688,16 +770,24 @@ def run_file(
         for task in tasks:
             take(*_task(task))
         return results
-    import multiprocessing
-
-    # fork where there is one: workers start at once and need no importable __main__; they use
-    # nothing a parent thread (the progress display) could hold a lock on
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(by_name, path, groups)) as pool:
-        for name, found in pool.imap(_task, tasks):
+    with _process_pool(workers, _init_worker, (by_name, path, groups)) as pool:
+        for name, found in pool.map(_task, tasks):
             take(name, found)
     return results
+
+
+@contextmanager
+def _process_pool(workers: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes, forked where there is fork: they start at once, share what the parent
+    read, and need no importable __main__; they use nothing a parent thread (the progress
+    display) could hold a lock on. Not multiprocessing's Pool: its worker-handler thread spins
+    while each result waits to be read, taking a core from the workers."""
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)  # after an error, drop the tasks not started yet
 
 
 def _touches_segment(path: str, run: Run, group: list[Line]) -> bool:
@@ -748,7 +838,8 @@ class Report:
             self.results[journey.result] += 1
             self.due[journey.currency] += journey.amount
             self.attempts += journey.attempts
-            self.messages.update(journey.messages)
+            for channel, count in journey.messages.items():  # as Counter.update, in two thirds of the time
+                self.messages[channel] += count
             if journey.result == "recovered":
                 self.recovered_amount[journey.currency] += journey.amount
                 self.days_to_recovery.append((journey.recovered_at - journey.failed_at).total_seconds() / DAY)
@@ -856,7 +947,6 @@ def simulate_file(
     of that segment forced onto it, so variants compare on the same scenarios.
     """
     path = str(path)
-    lines = read_lines(path)
     runs = [Run("policy", policy, record_events=events is not None)]
     if baseline is not None:
         runs.append(Run("baseline", baseline))
@@ -877,9 +967,7 @@ def simulate_file(
                     events(line)
                 journey.events = None
 
-    results = run_file(
-        path, runs, workers=workers, progress=progress, on_cluster=on_cluster, on_plan=on_start, lines=lines
-    )
+    results = run_file(path, runs, workers=workers, progress=progress, on_cluster=on_cluster, on_plan=on_start)
     assigned: Counter = Counter()
     for result in results["policy"]:
         for journey in result.journeys:

@@ -415,7 +415,7 @@ def place_retry(
         first_day = (low - _PAYDAY_LOOKBACK).astimezone(zone).date()
         preferred = _preferred_days(first_day, last_day, rules.paydays, country, bank)
 
-    earliest: datetime | None = None
+    earliest: tuple[datetime, datetime] | None = None  # the first usable interval, if no payday
     day = low.astimezone(zone).date() - _ONE_DAY  # a midnight fold can step back a day
     while day <= last_day:
         if _allowed_day(day, bank, country):
@@ -426,12 +426,12 @@ def place_retry(
                 if not preferred or day in preferred:
                     return _pick(usable_start, usable_end, rules, jitter_key)
                 if earliest is None:
-                    earliest = _pick(usable_start, usable_end, rules, jitter_key)
+                    earliest = (usable_start, usable_end)
                 break
         day += _ONE_DAY
-    if earliest is not None or bank:
-        return earliest
-    return _pick(low, stop, rules, jitter_key)
+    if earliest is not None:
+        return _pick(*earliest, rules, jitter_key)
+    return None if bank else _pick(low, stop, rules, jitter_key)
 
 
 # --- messaging ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from dunning.collections import placement_request
     from dunning.policy import Action, Policy
     from dunning.ports import (
+        COLLECTION_CONTEXT_ACTIVITY,
         ChargeRequest,
         ChargeResult,
         CollectionContext,
@@ -175,7 +176,7 @@ class DunningWorkflow:
     async def _open(self, journey: JourneyInput) -> JourneyState:
         payment = journey.payment
         context = await workflow.execute_activity(
-            "payments.collection_context",
+            COLLECTION_CONTEXT_ACTIVITY,
             payment,
             result_type=CollectionContext,
             start_to_close_timeout=ACTIVITY_TIMEOUT,

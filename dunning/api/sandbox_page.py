@@ -18,6 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.sandbox import SandboxGateway
 from dunning.journey import UPDATE_PAYMENT_METHOD, PaymentMethodUpdated
 from dunning.models import journey_id_for
+from dunning.rendering import DEFAULT_LOCALE, format_amount
 from dunning.scenarios import ScenarioPaymentMethod
 
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Update your payment method</title>
@@ -35,7 +36,7 @@ def build_router(services, gateway: SandboxGateway) -> APIRouter:
         journey = services.store.get_journey(journey_id_for(payment_reference))
         if journey is None:
             raise HTTPException(404, f"no payment {payment_reference!r} is being collected")
-        amount = f"{journey.amount / 100:.2f} {journey.currency.upper()}"
+        amount = format_amount(journey.amount, journey.currency, DEFAULT_LOCALE)  # the page is in English
         if journey.stage.terminal:
             body = f"<h1>Nothing to pay</h1><p>Payment {escape(payment_reference)} is {escape(journey.stage.value)}.</p>"
         else:

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 import stripe
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import bindparam, select
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateStage
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -53,7 +52,6 @@ from dunning.journey import (
 from dunning.models import PaymentMethod, journey_id_for
 from dunning.ops import visibility_query
 from dunning.policies import policy_for_new_journeys
-from dunning.store.schema import WebhookEvent
 from dunning.stripe_events import (
     Action,
     Instruction,
@@ -176,7 +174,7 @@ class WebhookIngest:
         with self._writing:
             new = self.store.record_webhook_event(event_id=event_id, source=SOURCE, type=kind, payload=event)
         if not new:
-            return _inbox_status(self.store, event_id), None
+            return self.store.webhook_event_status(event_id), None
         if ins.action is not Action.start or ins.ignored or ins.payment is None or ins.invoice_unknown:
             return None, None
         try:
@@ -246,7 +244,7 @@ class WebhookIngest:
                 return Done(*await self._settle(ins))
             case Action.pause | Action.resume:
                 refs = await self._with_invoice_lookup(ins.targets)
-                journey = await self._signal_first(refs, ins.action, _signal_arg(ins.action, ins.event_id, ins.created, ins.reason, ins.type))
+                journey = await self._signal_first(refs, ins.action, _signal_arg(ins))
                 return Done("processed", f"{ins.action.value}d {journey}" if journey else f"no journey for {', '.join(refs)}")
             case Action.method_updated:
                 return Done(*await self._update_methods(ins))
@@ -283,8 +281,14 @@ class WebhookIngest:
         settled = await run_in_threadpool(self._after_start, payment.id, ins.created, ins.event_id)
         if settled is None:
             return Done("processed", f"started {payment.journey_id}", marked=True)
-        arg = _signal_arg(Action(settled["action"]), settled["event_id"], datetime.fromisoformat(settled["created"]), settled["reason"], settled["type"])
-        await self._signal_first((payment.id,), Action(settled["action"]), arg)
+        settling = Instruction(
+            event_id=settled["event_id"],
+            type=settled["type"],
+            created=datetime.fromisoformat(settled["created"]),
+            action=Action(settled["action"]),
+            reason=settled["reason"],
+        )
+        await self._signal_first((payment.id,), settling.action, _signal_arg(settling))
         return Done("processed", f"started {payment.journey_id}; settled meanwhile by {settled['event_id']}")
 
     def _after_start(self, reference: str, failed_at: datetime, event_id: str) -> dict[str, Any] | None:
@@ -303,7 +307,7 @@ class WebhookIngest:
         return settled, self._policy[0]
 
     async def _settle(self, ins: Instruction) -> tuple[str, str]:
-        arg = _signal_arg(ins.action, ins.event_id, ins.created, ins.reason, ins.type)
+        arg = _signal_arg(ins)
         journey = await self._signal_first(ins.targets, ins.action, arg)
         if journey:
             return "processed", f"signalled {journey}"
@@ -323,7 +327,7 @@ class WebhookIngest:
     async def _cancel_subscription(self, ins: Instruction, subscription: str, customer: str) -> tuple[str, str]:
         """The latest invoice's journey as any cancel, then every other open journey of the subscription."""
         status, detail = await self._settle(ins)
-        arg = _signal_arg(ins.action, ins.event_id, ins.created, ins.reason, ins.type)
+        arg = _signal_arg(ins)
         latest = {journey_id_for(ref) for ref in ins.targets}
         others = [j for j in await self._open_journeys(customer, subscription=subscription) if j not in latest]
         signalled = [j for j in others if await self._signal(j, ins.action, arg)]
@@ -487,7 +491,12 @@ class WebhookIngest:
 
     async def sweep_once(self, older_than: timedelta = STALE_AFTER) -> int:
         """Act again on inbox rows left `received` by a crash, or `failed`; how many."""
-        rows = await run_in_threadpool(_stale_events, self.store, datetime.now(UTC) - older_than)
+        before = datetime.now(UTC) - older_than
+        # `failed` rows only within Stripe's redelivery horizon: a redelivery answered `duplicate`
+        # while the first was in flight will not come again.
+        rows = await run_in_threadpool(
+            self.store.stale_webhook_events, source=SOURCE, received_before=before, failed_since=before - RETRY_HORIZON
+        )
         count = 0
         for event_id, payload in rows:
             if event_id in self._in_flight:
@@ -563,10 +572,10 @@ def _answer(event_id: str, status: str, detail: str) -> JSONResponse:
     return JSONResponse({"event_id": event_id, "status": status, "detail": detail})
 
 
-def _signal_arg(action: Action, event_id: str, created: datetime, reason: str, kind: str) -> Any:
-    if action is Action.succeeded:
-        return PaymentSucceeded(event_id=event_id, at=created, source=f"stripe {kind}")
-    return OpsAction(reason=f"{reason} ({kind})", event_id=event_id, actor="stripe")
+def _signal_arg(ins: Instruction) -> Any:
+    if ins.action is Action.succeeded:
+        return PaymentSucceeded(event_id=ins.event_id, at=ins.created, source=f"stripe {ins.type}")
+    return OpsAction(reason=f"{ins.reason} ({ins.type})", event_id=ins.event_id, actor="stripe")
 
 
 def _raise_if_transient(error: stripe.StripeError, what: str) -> None:
@@ -580,20 +589,9 @@ def _marker_id(reference: str) -> str:
     return f"settled:{reference}"
 
 
-# Built once: these run on every event.
-_STATUS = select(WebhookEvent.status).where(WebhookEvent.event_id == bindparam("event_id"))
-_PAYLOAD = select(WebhookEvent.payload).where(WebhookEvent.event_id == bindparam("event_id"))
-
-
-def _inbox_status(store: Any, event_id: str) -> str | None:
-    with store.engine.connect() as conn:
-        return conn.scalar(_STATUS, {"event_id": event_id})
-
-
 def _settled(store: Any, reference: str, failed_at: datetime) -> dict[str, Any] | None:
     """The settling event remembered for this payment, if it is not older than the failure."""
-    with store.engine.connect() as conn:  # Core, not the ORM: this runs twice per failure event
-        payload = conn.scalar(_PAYLOAD, {"event_id": _marker_id(reference)})
+    payload = store.webhook_event_payload(_marker_id(reference))
     if payload is None or datetime.fromisoformat(payload["created"]) < failed_at:
         return None
     return payload
@@ -611,21 +609,3 @@ def _remember_settled(store: Any, reference: str, ins: Instruction, writing: Any
     with writing:
         if store.record_webhook_event(event_id=marker, source=MARKER_SOURCE, type=f"marker.{ins.type}", payload=payload):
             store.mark_webhook_event(marker, "processed")
-
-
-def _stale_events(store: Any, before: datetime) -> list[tuple[str, dict[str, Any]]]:
-    """Rows a crash left `received`, and `failed` ones still within Stripe's redelivery horizon
-    (a redelivery answered `duplicate` while the first was in flight will not come again)."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(WebhookEvent.event_id, WebhookEvent.payload)
-            .where(
-                WebhookEvent.source == SOURCE,
-                WebhookEvent.received_at < before,
-                (WebhookEvent.status == "received")
-                | ((WebhookEvent.status == "failed") & (WebhookEvent.received_at > before - RETRY_HORIZON)),
-            )
-            .order_by(WebhookEvent.id)
-            .limit(500)
-        )
-        return [(event_id, payload) for event_id, payload in rows]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic_core import to_jsonable_python
+
 from dunning.collections.placement import placement_id_for
 from dunning.engine import TimelineEntry
 from dunning.models import journey_id_for
@@ -33,6 +35,6 @@ def record_recall(store: Store, payment_reference: str, at: datetime, source: st
         ),
     )
     _, recalled = store.mark_recalled(
-        journey_id, at=at, source=source.strip(), timeline_entry=entry.model_dump(mode="json")
+        journey_id, at=at, source=source.strip(), timeline_entry=to_jsonable_python(entry)
     )
     return recalled

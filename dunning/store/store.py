@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from alembic import command
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -60,6 +69,9 @@ _MIGRATION_LOCK_KEY = 0x64756E6E  # "dunn"
 # alembic.context is a process-global proxy: two threads inside command.upgrade would swap
 # each other's connections (and deadlock), whatever the database-level lock.
 _ALEMBIC_LOCK = threading.Lock()
+# Built once: the webhook ingest runs these on every event.
+_WEBHOOK_STATUS = select(WebhookEvent.status).where(WebhookEvent.event_id == bindparam("event_id"))
+_WEBHOOK_PAYLOAD = select(WebhookEvent.payload).where(WebhookEvent.event_id == bindparam("event_id"))
 
 
 class RecordNotFound(LookupError):
@@ -483,6 +495,33 @@ class Store:
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 raise RecordNotFound(f"no webhook event {event_id!r}")
+
+    def webhook_event_status(self, event_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.scalar(_WEBHOOK_STATUS, {"event_id": event_id})
+
+    def webhook_event_payload(self, event_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            return conn.scalar(_WEBHOOK_PAYLOAD, {"event_id": event_id})
+
+    def stale_webhook_events(
+        self, *, source: str, received_before: datetime, failed_since: datetime
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(event id, payload) of `source`'s events received before `received_before` that are
+        still `received`, or `failed` and received after `failed_since`; the oldest 500."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(WebhookEvent.event_id, WebhookEvent.payload)
+                .where(
+                    WebhookEvent.source == source,
+                    WebhookEvent.received_at < received_before,
+                    (WebhookEvent.status == "received")
+                    | ((WebhookEvent.status == "failed") & (WebhookEvent.received_at > failed_since)),
+                )
+                .order_by(WebhookEvent.id)
+                .limit(500)
+            )
+            return [(event_id, payload) for event_id, payload in rows]
 
     def webhook_event_counts(self) -> dict[str, int]:
         """Count per status; every status is present (0 when none) so gauges stay stable."""

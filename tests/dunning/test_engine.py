@@ -404,7 +404,7 @@ def test_a_refused_charge_keeps_its_attempt_number_and_spends_no_budget():
         offline.apply(DEFAULT, state, following, following.at, offline.decline_like_initial(payment), offline.deliver_all)
         following = engine.next_decision(DEFAULT, state, following.at)
     assert following.attempt_number == first.attempt_number + 1, "an idempotency key is never reused"
-    history = engine._card_history(state)
+    history = engine._own_card_attempts(state)
     assert all(h.at != first.at for h in history), "a refused request never reached the network"
 
 

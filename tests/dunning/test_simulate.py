@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,7 @@ def test_violation_checks_find_what_is_broken():
     journey = state_result.states["in_a"]
     policy = DEFAULT
     first = next(m for m in journey.messages if m.status == "sent")
-    bad = first.model_copy(update={"at": datetime(2026, 11, 3, 14, 30, tzinfo=UTC)})  # 23:30 in Tokyo
+    bad = replace(first, at=datetime(2026, 11, 3, 14, 30, tzinfo=UTC))  # 23:30 in Tokyo
     journey.messages.append(bad)
     sc = Scenario.model_validate(scenario(customer={"timezone": "Asia/Tokyo"}, opted_out=[first.channel.value]))
     found = simulate.messaging_violations(policy, [(sc, journey)])
@@ -242,6 +243,35 @@ def test_bad_lines_name_their_line_and_field(tmp_path: Path):
             simulate.simulate_file(path, DEFAULT, workers=1)
         assert error.value.line == 3 and error.value.field == field and message in str(error.value)
         assert str(error.value).startswith(f"{path}:3")
+
+
+def test_worker_processes_read_the_same_lines_and_report_the_same_bad_line(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(simulate, "SCAN_CHUNK", 2)  # several chunks for the workers to parse
+    good = [json.dumps(scenario(name)) for name in "abcdefg"]
+    files = [
+        good,
+        good[:3] + ["", good[3]] + good[4:],
+        good[:5] + ["{not json"] + good[5:],
+        good[:5] + ["[1]"] + good[5:],
+        good[:5] + [good[1], "{not json"] + good[5:],
+    ]
+    for texts in files:
+        path = tmp_path / "lines.jsonl"
+        path.write_text("\n".join(texts) + "\n")
+        read = []
+        for workers in (1, 2):
+            try:
+                read.append(simulate.read_lines(path, workers=workers))
+            except ScenarioError as error:
+                read.append(str(error))
+        assert read[0] == read[1]
+
+
+def test_a_bad_scenario_simulated_in_a_worker_process_is_reported(tmp_path: Path):
+    path = write(tmp_path / "bad.jsonl", [scenario("a"), scenario("b"), scenario("c") | {"amount": -5}])
+    with pytest.raises(ScenarioError) as error:
+        simulate.run_file(path, [simulate.Run("policy", DEFAULT)], workers=2, batch_size=1)
+    assert error.value.line == 3 and error.value.field == "amount"
 
 
 def test_parallel_and_serial_runs_report_the_same(tmp_path: Path):

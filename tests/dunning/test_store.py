@@ -19,7 +19,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from pydantic import ValidationError
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, select, text, update
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
@@ -621,6 +621,8 @@ def test_webhook_inbox(store: Store) -> None:
     store.mark_webhook_event("SM1", "failed", error="unknown message")
     counts = {"received": 0, "processed": 1, "ignored": 0, "failed": 1}
     assert store.webhook_event_counts() == counts
+    assert (store.webhook_event_status("evt_1"), store.webhook_event_status("evt_missing")) == ("processed", None)
+    assert (store.webhook_event_payload("evt_1"), store.webhook_event_payload("evt_missing")) == (payload, None)
     with Session(store.engine) as session:
         stored = session.scalars(select(WebhookEvent).where(WebhookEvent.event_id == "evt_1")).one()
         assert (stored.payload, stored.source, stored.error) == (payload, "stripe", None)
@@ -640,6 +642,31 @@ def test_concurrent_duplicate_webhooks_never_raise(store: Store) -> None:
     )
     assert sorted(results) == [False] * 7 + [True]
     assert store.webhook_event_counts()["received"] == 1
+
+
+def test_stale_webhook_events(store: Store) -> None:
+    now = datetime.now(UTC)
+    rows = [  # (event id, source, status, age)
+        ("evt_crashed", "stripe", "received", timedelta(minutes=5)),
+        ("evt_failed", "stripe", "failed", timedelta(days=1)),
+        ("evt_failed_long_ago", "stripe", "failed", timedelta(days=4)),
+        ("evt_processed", "stripe", "processed", timedelta(minutes=5)),
+        ("evt_in_flight", "stripe", "received", timedelta(0)),
+        ("SM1", "twilio", "received", timedelta(minutes=5)),
+    ]
+    for event_id, source, status, _ in rows:
+        store.record_webhook_event(event_id=event_id, source=source, type="t", payload={"id": event_id})
+        if status != "received":
+            store.mark_webhook_event(event_id, status)
+    with Session(store.engine) as session, session.begin():
+        for event_id, _, _, age in rows:
+            session.execute(
+                update(WebhookEvent).where(WebhookEvent.event_id == event_id).values(received_at=now - age)
+            )
+    stale = store.stale_webhook_events(
+        source="stripe", received_before=now - timedelta(minutes=1), failed_since=now - timedelta(days=3)
+    )
+    assert stale == [("evt_crashed", {"id": "evt_crashed"}), ("evt_failed", {"id": "evt_failed"})]
 
 
 # -- journeys projection -------------------------------------------------------------------
