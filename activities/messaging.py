@@ -41,6 +41,7 @@ import phonenumbers
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from dunning.messaging import CAP_EXEMPT_TEMPLATES, usable_email
 from dunning.models import Channel
 from dunning.policy import parse_policy
 from dunning.ports import MessageRequest, MessageResult, MessageSender, RenderedMessage
@@ -61,7 +62,6 @@ TEMPLATE_MISSING = "TemplateMissing"
 DEFAULT_MAX_PER_24H = 2
 DEFAULT_MAX_PER_7D = 5
 # A receipt for a payment the customer just made should not wait for a free slot.
-DEFAULT_CAP_EXEMPT_TEMPLATES = frozenset({"payment_recovered"})
 _FINAL_STATUSES = {"sent", "undeliverable", "skipped"}
 _COUNTED_STATUSES = {"sent", "claimed"}  # claimed: in flight, or sent before a crash
 PUBLIC_URL_ENV = "DUNNING_PUBLIC_URL"
@@ -125,9 +125,7 @@ def phone_opt_out_key(phone: str, country: str | None = None) -> str:
 def recipient_for(request: MessageRequest) -> str | None:
     customer = request.customer
     if request.channel is Channel.email:
-        email = (customer.email or "").strip()
-        local, _, domain = email.rpartition("@")
-        return email if local and "." in domain and " " not in email else None
+        return usable_email(customer.email)
     if request.channel is Channel.sms:
         return normalize_phone(customer.phone, customer.country)
     return customer.id
@@ -168,7 +166,7 @@ class MessagingActivities:
         *,
         max_per_24h: int = DEFAULT_MAX_PER_24H,
         max_per_7d: int = DEFAULT_MAX_PER_7D,
-        cap_exempt_templates: Iterable[str] = DEFAULT_CAP_EXEMPT_TEMPLATES,
+        cap_exempt_templates: Iterable[str] = CAP_EXEMPT_TEMPLATES,
         public_url: str | None = None,
         unsubscribe_secret_provider: Callable[[], bytes] = unsubscribe_secret,
     ) -> None:

@@ -51,6 +51,8 @@ VISA_WINDOW = timedelta(days=30)
 MASTERCARD_DAY = timedelta(hours=24)
 MASTERCARD_MONTH = timedelta(days=30)
 MASTERCARD_02_MINIMUM = timedelta(hours=72)
+# How far back the store reads a card's attempts: the 30-day rolling windows, one day of slack.
+CARD_HISTORY_WINDOW = timedelta(days=31)
 _by_time = attrgetter("at")
 
 

@@ -34,8 +34,9 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from dunning import engine
-from dunning.budgets import CardAttempt, RetryLimits, earliest_attempt, violations
+from dunning.budgets import CARD_HISTORY_WINDOW, CardAttempt, RetryLimits, earliest_attempt, violations
 from dunning.engine import Decision, JourneyState
+from dunning.messaging import CAP_EXEMPT_TEMPLATES, usable_email
 from dunning.models import Channel, ChargeOutcome, Customer
 from dunning.policy import Policy, Segment
 from dunning.scenarios import Behavior, Scenario, ScenarioError, _field_path
@@ -44,10 +45,6 @@ from dunning.timing import customer_zone, in_quiet_hours, valid_phone_number
 UTC = timezone.utc
 DAY = 86400.0
 CAP_24H, CAP_7D = timedelta(hours=24), timedelta(days=7)  # the messaging caps' spans
-# The store's card history window and the messaging activity's cap exemption (kept in step with
-# dunning/store/store.py and activities/messaging.py, which the simulator must not import).
-CARD_HISTORY_WINDOW = timedelta(days=31)
-CAP_EXEMPT_TEMPLATES = frozenset({"payment_recovered"})
 # The workflow acts on a decision a moment after it is due (the timer fires, then a task runs) and
 # stamps what it did with that moment, so a rule measured from it (a network wait, a frequency
 # cap) ends just after the planned instant. Acting 1 ms late resolves such ties the same way.
@@ -222,12 +219,6 @@ def clusters(lines: Sequence[Line]) -> list[list[Line]]:
 # --- what the activities would do ---------------------------------------------------------------
 
 
-def _valid_email(email: str | None) -> bool:
-    email = (email or "").strip()
-    local, _, domain = email.rpartition("@")
-    return bool(local) and "." in domain and " " not in email
-
-
 def _valid_phone(phone: str | None, country: str | None) -> bool:
     return bool(phone) and valid_phone_number(phone, country) is not None
 
@@ -235,7 +226,7 @@ def _valid_phone(phone: str | None, country: str | None) -> bool:
 def reachable(customer: Customer, channel: Channel) -> bool:
     """The messaging activity's recipient check: a usable address for the channel."""
     if channel is Channel.email:
-        return _valid_email(customer.email)
+        return usable_email(customer.email) is not None
     if channel is Channel.sms:
         return _valid_phone(customer.phone, customer.country)
     return True

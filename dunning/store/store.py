@@ -11,7 +11,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from dunning.budgets import CARD_HISTORY_WINDOW
 from dunning.config import Settings, get_settings
 from dunning.migrations import alembic_config
 from dunning.store.records import (
@@ -61,8 +62,6 @@ from dunning.store.schema import (
     WebhookEvent,
 )
 
-# Network rules count attempts per card over rolling 30-day windows; one day of slack.
-CARD_HISTORY_WINDOW = timedelta(days=31)
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Arbitrary constant key for the advisory lock that serializes migrations on PostgreSQL.
 _MIGRATION_LOCK_KEY = 0x64756E6E  # "dunn"
