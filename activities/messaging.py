@@ -41,7 +41,7 @@ import phonenumbers
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dunning.messaging import CAP_EXEMPT_TEMPLATES, usable_email
+from dunning.messaging import CAP_7D, CAP_EXEMPT_TEMPLATES, next_allowed, usable_email
 from dunning.models import Channel
 from dunning.policy import parse_policy
 from dunning.ports import MessageRequest, MessageResult, MessageSender, RenderedMessage
@@ -269,18 +269,12 @@ class MessagingActivities:
 
     def _check_frequency_cap(self, request: MessageRequest) -> None:
         per_day, per_week = self.caps_for(request.journey_id)
-        caps = ((timedelta(hours=24), per_day), (timedelta(days=7), per_week))
-        rows = self.store.messages_for_customer(request.customer.id, request.at - timedelta(days=7))
+        rows = self.store.messages_for_customer(request.customer.id, request.at - CAP_7D)
         times = sorted(
             r.created_at for r in rows
             if r.status in _COUNTED_STATUSES and r.dedupe_key != request.dedupe_key and r.created_at is not None
         )
-        allowed = request.at
-        for span, cap in caps:
-            recent = [t for t in times if t > allowed - span]
-            if len(recent) >= cap:
-                # the oldest message that keeps the window full has to leave it first
-                allowed = max(allowed, recent[len(recent) - cap] + span)
+        allowed = next_allowed(times, request.at, per_day, per_week)
         if allowed > request.at:
             raise ApplicationError(
                 f"frequency cap: customer {request.customer.id} already got the maximum number of "

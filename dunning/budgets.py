@@ -84,7 +84,7 @@ class RetryLimits(Frozen):
         return value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made for every attempt a budget counts: half the cost of a frozen one
 class CardAttempt:
     """One charge attempt on a card, from this journey or another one (the store's ledger)."""
 
@@ -98,19 +98,24 @@ class CardAttempt:
     decline: Decline | None  # None = succeeded or outcome unknown
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BudgetDecision:
     # Earliest time >= not_before when a new attempt respects every rule; None = never on this card.
     allowed_at: datetime | None
     reasons: tuple[str, ...]  # why: each rule that moved or blocked it, readable by ops
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Window:
-    name: str
+    rule: str  # its label, with {cap} and {reattempts}: written only when the window moves an attempt
     times: list[datetime]
     cap: int
     length: timedelta
+
+
+_VISA_RULE = "Visa: at most 1 + {reattempts} attempts per card and amount in any 30 days"
+_MASTERCARD_DAY_RULE = "Mastercard: at most {cap} attempts per card in any 24 hours"
+_MASTERCARD_MONTH_RULE = "Mastercard: at most {cap} attempts per card and amount in any 30 days"
 
 
 def _fits(times: Sequence[datetime], cap: int, length: timedelta, candidate: datetime) -> bool:
@@ -159,7 +164,8 @@ def earliest_attempt(
     key = card.card_key
     brand = normalize_brand(card.brand)
     currency = currency.lower()
-    on_card = sorted((a for a in history if a.card_key == key), key=_by_time)
+    on_card = [a for a in history if a.card_key == key]
+    on_card.sort(key=_by_time)
 
     blocked: list[str] = []
     longest_wait: tuple[datetime, CardAttempt, DeclineVerdict] | None = None
@@ -184,8 +190,11 @@ def earliest_attempt(
                 f"{a.at.isoformat()}: {explained}"
             )
 
-    mine = sorted((a for a in history if a.journey_id == journey_id), key=_by_time)
-    on_method = sum(1 for a in mine[1:] if a.payment_method_id == card.id)
+    mine = [a for a in history if a.journey_id == journey_id]
+    # retries: every attempt but the journey's earliest, its initial failure
+    on_method = sum(a.payment_method_id == card.id for a in mine)
+    if mine and min(mine, key=_by_time).payment_method_id == card.id:
+        on_method -= 1
     if on_method >= limits.max_attempts_per_payment_method:
         blocked.append(
             f"journey {journey_id} made {on_method} retries on {card.id} "
@@ -209,17 +218,14 @@ def earliest_attempt(
         )
 
     windows: list[_Window] = []
-    same_amount = [a.at for a in on_card if a.amount == amount and a.currency.lower() == currency]
+    same_amount = [
+        a.at for a in on_card if a.amount == amount and (a.currency == currency or a.currency.lower() == currency)
+    ]
     if brand == "visa":
-        cap = 1 + limits.visa_reattempts_30d
-        name = f"Visa: at most 1 + {cap - 1} attempts per card and amount in any 30 days"
-        windows.append(_Window(name, same_amount, cap, VISA_WINDOW))
+        windows.append(_Window(_VISA_RULE, same_amount, 1 + limits.visa_reattempts_30d, VISA_WINDOW))
     elif brand == "mastercard":
-        day_cap, month_cap = limits.mastercard_attempts_24h, limits.mastercard_attempts_30d
-        name = f"Mastercard: at most {day_cap} attempts per card in any 24 hours"
-        windows.append(_Window(name, [a.at for a in on_card], day_cap, MASTERCARD_DAY))
-        name = f"Mastercard: at most {month_cap} attempts per card and amount in any 30 days"
-        windows.append(_Window(name, same_amount, month_cap, MASTERCARD_MONTH))
+        windows.append(_Window(_MASTERCARD_DAY_RULE, [a.at for a in on_card], limits.mastercard_attempts_24h, MASTERCARD_DAY))
+        windows.append(_Window(_MASTERCARD_MONTH_RULE, same_amount, limits.mastercard_attempts_30d, MASTERCARD_MONTH))
     # Each window only ever pushes t later; repeat until every window accepts the same t.
     moved = True
     while moved:
@@ -228,7 +234,8 @@ def earliest_attempt(
             fit = _earliest_fit(window, t)
             if fit > t:
                 t, moved = fit, True
-                reasons.append(f"{window.name}: full until {fit.isoformat()}")
+                rule = window.rule.format(cap=window.cap, reattempts=window.cap - 1)
+                reasons.append(f"{rule}: full until {fit.isoformat()}")
     return BudgetDecision(t, tuple(reasons))
 
 
@@ -277,6 +284,8 @@ def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str
     def windows(
         rule: str, group: Callable[[CardAttempt], object], brand: str, cap: int, length: timedelta
     ) -> None:
+        if brand not in brands:
+            return
         groups: dict[object, list[datetime]] = defaultdict(list)
         for a, attempt_brand in zip(ordered, brands):
             if attempt_brand == brand:

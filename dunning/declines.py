@@ -344,6 +344,7 @@ def table_rows(name: str) -> list[dict[str, str]]:
 # Classification
 
 
+@lru_cache(maxsize=256)  # asked for each attempt on every budget check; few spellings exist
 def normalize_brand(brand: str | None) -> str | None:
     """Stripe spells brands `visa`, `mastercard`, ...; tolerate case and spacing variants."""
     if brand is None:

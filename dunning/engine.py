@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from dunning.budgets import CardAttempt, earliest_attempt
 from dunning.declines import DeclineClass, classify
+from dunning.messaging import next_allowed
 from dunning.models import (
     Channel,
     ChargeOutcome,
@@ -35,10 +36,11 @@ AttemptStatus = Literal["succeeded", "declined", "requires_action", "processing"
 MessageStatus = Literal["sent", "skipped", "undeliverable", "opted_out"]
 
 
-# The records below are made many times per journey (the simulator makes millions): plain frozen
-# dataclasses cost a fraction of a validated model; pydantic still validates and serializes them
-# inside JourneyState and the API models.
-_RECORD = dict(frozen=True, slots=True, kw_only=True)
+# The records below are made many times per journey (the simulator makes millions): plain slotted
+# dataclasses cost a fraction of a validated model, and half of a frozen dataclass. Nothing changes
+# a record once made (`dataclasses.replace` makes a new one). Pydantic still validates and
+# serializes them inside JourneyState and the API models.
+_RECORD = dict(slots=True, kw_only=True)
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -130,7 +132,7 @@ class JourneyState(BaseModel):
     access_restricted: bool = False
     timeline: list[TimelineEntry] = []
     seen_events: list[str] = []
-    _own_card_attempts: tuple[tuple[AttemptRecord, ...], list[CardAttempt]] | None = PrivateAttr(None)
+    _own_card_attempts: tuple[list[AttemptRecord], list[CardAttempt]] | None = PrivateAttr(None)
 
     @property
     def decline_class(self) -> DeclineClass | None:
@@ -163,6 +165,16 @@ class JourneyState(BaseModel):
 
 # --- starting ------------------------------------------------------------------------------------
 
+# Every default, and placeholders where the journey goes (so that copies keep the fields' order,
+# which JSON follows): copying it with the journey filled in costs half of `model_construct` (run
+# for each journey). Its lists and dicts are replaced, never shared.
+_BLANK_STATE = JourneyState.model_construct(
+    **dict.fromkeys(name for name, field in JourneyState.model_fields.items() if field.is_required())
+)
+_FRESH_DEFAULTS = {
+    name: type(value) for name, value in _BLANK_STATE.__dict__.items() if isinstance(value, (list, dict))
+}
+
 
 def start_journey(
     policy: Policy, payment: FailedPayment, *, ledger: list[CardAttempt] | None = None
@@ -172,8 +184,8 @@ def start_journey(
     initial_method = _initial_method(payment)
     if initial_method is not None and all(m.id != initial_method.id for m in methods):
         methods.append(initial_method)
-    # Every part is already a validated model: skip re-validating them (run for each journey).
-    state = JourneyState.model_construct(
+    # Every part is already a validated model: skip re-validating them.
+    given = dict(
         journey_id=payment.journey_id,
         payment=payment,
         policy_version=policy.version or policy.name,
@@ -184,6 +196,8 @@ def start_journey(
         ledger=[entry for entry in (ledger or []) if entry.journey_id != payment.journey_id],
         unavailable_channels=_missing_contacts(payment),
     )
+    fresh = {name: make() for name, make in _FRESH_DEFAULTS.items()}
+    state = _BLANK_STATE.model_copy(update=fresh | given)
     for channel in payment.opted_out:
         state.unavailable_channels[channel] = "opted out"
     segment_text = f"segment {ladder.segment}" + (f", variant {ladder.variant}" if ladder.variant else "")
@@ -273,12 +287,13 @@ def next_decision(policy: Policy, state: JourneyState, now: datetime) -> Decisio
 def usable_methods(policy: Policy, state: JourneyState, now: datetime) -> list[PaymentMethod]:
     """Default first, then most recently successful; skipping expired and stopped methods."""
     usable = [m for m in state.payment_methods if _usable(m, state, now)]
-    usable.sort(
-        key=lambda m: (
-            not m.default,
-            -(m.last_succeeded_at.timestamp() if m.last_succeeded_at else float("-inf")),
+    if len(usable) > 1:
+        usable.sort(
+            key=lambda m: (
+                not m.default,
+                -(m.last_succeeded_at.timestamp() if m.last_succeeded_at else float("-inf")),
+            )
         )
-    )
     if not policy.cycle_payment_methods:
         return usable[:1]
     return usable
@@ -301,13 +316,22 @@ def _cycled(methods: list[PaymentMethod], state: JourneyState) -> list[PaymentMe
 
 
 def _own_card_attempts(state: JourneyState) -> list[CardAttempt]:
-    """This journey's attempts as ledger entries; remade only when its attempts change."""
-    attempts = tuple(state.attempts)  # records are immutable: the same records, the same entries
-    cached = state._own_card_attempts
-    if cached is not None and cached[0] == attempts:
-        return cached[1]
+    """This journey's attempts as ledger entries; only attempts added since the last call are made.
+
+    Attempts are appended, or replaced when a processing one is read back: any other change to
+    the records seen before makes all of them again.
+    """
+    attempts = state.attempts
+    # The private attribute from its own dict: reading it by name goes through pydantic's
+    # __getattr__, which costs more than the rest of this check.
+    private = state.__pydantic_private__
+    seen, own = private["_own_card_attempts"] or ([], [])
+    if len(seen) > len(attempts) or seen != attempts[: len(seen)]:
+        seen, own = [], []
+    if len(seen) == len(attempts):
+        return own
     amount, currency, journey_id = state.payment.amount, state.payment.currency, state.journey_id
-    own = [
+    own = own + [
         CardAttempt(
             at=a.at,
             card_key=a.card_key,
@@ -318,10 +342,10 @@ def _own_card_attempts(state: JourneyState) -> list[CardAttempt]:
             payment_method_id=a.payment_method_id,
             decline=a.decline,
         )
-        for a in attempts
+        for a in attempts[len(seen):]
         if a.status != "error"  # refused before reaching the card network
     ]
-    state._own_card_attempts = (attempts, own)
+    private["_own_card_attempts"] = (list(attempts), own)
     return own
 
 
@@ -492,16 +516,9 @@ def _handled_channels(state: JourneyState, step: Step) -> set[Channel]:
 
 
 def _after_frequency_cap(policy: Policy, state: JourneyState, at: datetime) -> datetime:
-    sent = sorted(m.at for m in state.messages if m.status == "sent")
-    candidate = at
-    for span, cap in ((timedelta(hours=24), policy.messaging.max_per_24h), (timedelta(days=7), policy.messaging.max_per_7d)):
-        if len(sent) < cap:  # fewer messages than the cap cannot fill any window
-            continue
-        recent = [t for t in sent if t > candidate - span]
-        if len(recent) >= cap:
-            # the oldest message that keeps the window full must leave it first
-            candidate = max(candidate, recent[len(recent) - cap] + span)
-    return candidate
+    sent = [m.at for m in state.messages if m.status == "sent"]
+    sent.sort()
+    return next_allowed(sent, at, policy.messaging.max_per_24h, policy.messaging.max_per_7d)
 
 
 def _plan_recovery(policy: Policy, state: JourneyState, now: datetime) -> Decision:
@@ -809,11 +826,13 @@ def _refresh_stage(policy: Policy, state: JourneyState, at: datetime) -> None:
     if state.stage.terminal:
         return
     if state.paused_since is not None:
-        state.stage = Stage.paused
+        stage = Stage.paused
     elif any(_usable(m, state, at) for m in state.payment_methods):
-        state.stage = Stage.retrying
+        stage = Stage.retrying
     else:
-        state.stage = Stage.awaiting_customer
+        stage = Stage.awaiting_customer
+    if stage is not state.stage:  # assigning to a model field costs, even the same value
+        state.stage = stage
 
 
 def finish_if_done(state: JourneyState, decision: Decision, at: datetime) -> None:

@@ -15,6 +15,7 @@ would in production. Clusters are independent, so they run in parallel processes
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import math
@@ -36,7 +37,7 @@ from pydantic_core import from_json
 from dunning import engine
 from dunning.budgets import CARD_HISTORY_WINDOW, CardAttempt, RetryLimits, earliest_attempt, violations
 from dunning.engine import Decision, JourneyState
-from dunning.messaging import CAP_EXEMPT_TEMPLATES, usable_email
+from dunning.messaging import CAP_7D, CAP_24H, CAP_EXEMPT_TEMPLATES, next_allowed, usable_email
 from dunning.models import Channel, ChargeOutcome, Customer
 from dunning.policy import Policy, Segment
 from dunning.scenarios import Behavior, Scenario, ScenarioError, _field_path
@@ -44,7 +45,6 @@ from dunning.timing import customer_zone, in_quiet_hours, valid_phone_number
 
 UTC = timezone.utc
 DAY = 86400.0
-CAP_24H, CAP_7D = timedelta(hours=24), timedelta(days=7)  # the messaging caps' spans
 # The workflow acts on a decision a moment after it is due (the timer fires, then a task runs) and
 # stamps what it did with that moment, so a rule measured from it (a network wait, a frequency
 # cap) ends just after the planned instant. Acting 1 ms late resolves such ties the same way.
@@ -232,19 +232,6 @@ def reachable(customer: Customer, channel: Channel) -> bool:
     return True
 
 
-def next_allowed(times: Sequence[datetime], at: datetime, caps: Iterable[tuple[timedelta, int]]) -> datetime:
-    """The messaging activity's cross-journey cap: when a message due at `at` may go out."""
-    allowed = at
-    for span, cap in caps:
-        if len(times) < cap:  # too few messages to reach the cap, in any span
-            continue
-        since = allowed - span
-        recent = [t for t in times if t > since]
-        if len(recent) >= cap:
-            allowed = max(allowed, recent[len(recent) - cap] + span)
-    return allowed
-
-
 # --- one journey ----------------------------------------------------------------------------------
 
 
@@ -291,10 +278,7 @@ class _Cluster:
         self.ledger: dict[str, list[CardAttempt]] = defaultdict(list)
         self.initial: list[CardAttempt] = []  # the failures that started the journeys
         self.customer_messages: dict[str, list[datetime]] = defaultdict(list)
-        self.caps = (
-            (CAP_24H, policy.messaging.max_per_24h),
-            (CAP_7D, policy.messaging.max_per_7d),
-        )
+        self.caps = (policy.messaging.max_per_24h, policy.messaging.max_per_7d)
 
     def behavior(self, scenario: Scenario, pm_id: str) -> Behavior:
         """The sandbox's lookup: this payment's methods, then the customer's other payments'."""
@@ -481,7 +465,7 @@ class _Journey:
             return "undeliverable", f"no valid {word} for customer {customer.id}"
         sent = self.cluster.customer_messages[customer.id]
         if decision.template not in CAP_EXEMPT_TEMPLATES:
-            allowed = next_allowed(sent, now, self.cluster.caps)
+            allowed = next_allowed(sent, now, *self.cluster.caps)
             if allowed > now:
                 return "skipped", (
                     f"frequency cap: customer {customer.id} already got the maximum number of "
@@ -676,6 +660,10 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(runs: dict[str, Run], path: str, groups: list[list[Line]]) -> None:
     _WORKER["runs"], _WORKER["path"], _WORKER["groups"] = runs, path, groups
+    if multiprocessing.parent_process() is not None:
+        # The file's lines live as long as this worker: the garbage collector need not scan them
+        # again and again (about 4% of a 100,000-line run).
+        gc.freeze()
 
 
 def _task(args: tuple[str, list[int]]) -> tuple[str, list[ClusterResult]]:

@@ -34,6 +34,8 @@ _OFFSET_MARGIN = timedelta(hours=18)
 _TRANSITION_STEP = timedelta(hours=6)
 _EPSILON = timedelta(microseconds=1)
 _ONE_DAY = timedelta(days=1)
+_ONE_SECOND = timedelta(seconds=1)
+_ZERO = timedelta(0)
 _PAYDAY_LOOKBACK = timedelta(days=14)
 _WEEKEND = frozenset({5, 6})
 
@@ -367,11 +369,11 @@ def _local_intervals(
 
 def _jitter(key: str, limit: timedelta) -> timedelta:
     """A deterministic offset in [0, limit), whole seconds when the limit allows it."""
+    seconds = limit // _ONE_SECOND
+    if seconds < 1:
+        return _ZERO
     digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
-    seconds = int(limit.total_seconds())
-    if seconds >= 1:
-        return timedelta(seconds=digest % seconds)
-    return timedelta(0)
+    return _ONE_SECOND * (digest % seconds)
 
 
 def _pick(start: datetime, end: datetime, rules: TimingRules, key: str) -> datetime:
@@ -418,7 +420,8 @@ def place_retry(
     earliest: tuple[datetime, datetime] | None = None  # the first usable interval, if no payday
     day = low.astimezone(zone).date() - _ONE_DAY  # a midnight fold can step back a day
     while day <= last_day:
-        if _allowed_day(day, bank, country):
+        # once the fallback is known, only a preferred day can still change the answer
+        if (earliest is None or day in preferred) and _allowed_day(day, bank, country):
             for start, end in _local_intervals(day, begin, finish, zone):
                 usable_start, usable_end = max(start, low), min(end, stop)
                 if usable_start >= usable_end:
