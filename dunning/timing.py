@@ -377,8 +377,18 @@ def _jitter(key: str, limit: timedelta) -> timedelta:
 
 
 def _pick(start: datetime, end: datetime, rules: TimingRules, key: str) -> datetime:
-    """A moment in the half-open [start, end), spread by the key's jitter."""
-    return start + _jitter(key, min(rules.jitter, end - start))
+    """A moment in the half-open [start, end), spread by the key's jitter.
+
+    A slot shorter than the jitter gets the key's offset scaled into it, not taken modulo its
+    length: a start a moment later (a plan made when the workflow acted, just after the planned
+    instant) then moves the pick later by at most that moment, instead of to an unrelated second.
+    """
+    offset, span = _jitter(key, rules.jitter), end - start
+    if span >= rules.jitter:
+        return start + offset
+    span_us, rest_us, jitter_us = span // _EPSILON, (rules.jitter - offset) // _EPSILON, rules.jitter // _EPSILON
+    # end - ceil(span * (jitter - offset) / jitter), in whole microseconds
+    return end - _EPSILON * -(-span_us * rest_us // jitter_us)
 
 
 def place_retry(

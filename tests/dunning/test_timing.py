@@ -400,6 +400,19 @@ def test_jitter_is_capped_by_the_usable_slot() -> None:
         assert moment is not None and start <= moment < utc(2026, 3, 11, 16)
 
 
+def test_a_later_start_moves_a_capped_pick_later_by_at_most_as_much() -> None:
+    # The workflow plans a moment after the simulator (it acts once its timer fired or the
+    # customer's update arrived): near the end of retry hours its pick must follow, not jump.
+    rules = TimingRules()  # 30 min of jitter
+    start = utc(2026, 3, 11, 15, 45, 0, 2000)  # 11:45 EDT: fifteen minutes of retry hours left
+    for n in range(200):
+        first = retry(start, utc(2026, 3, 20), rules=rules, key=f"k{n}")
+        assert first is not None and start <= first < utc(2026, 3, 11, 16)
+        for lag in (timedelta(seconds=1), timedelta(seconds=1.5), timedelta(seconds=4)):
+            later = retry(start + lag, utc(2026, 3, 20), rules=rules, key=f"k{n}")
+            assert later is not None and timedelta(0) <= later - first <= lag
+
+
 # --- quiet hours -------------------------------------------------------------------------
 
 
