@@ -37,11 +37,18 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import phonenumbers
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dunning.messaging import CAP_7D, CAP_EXEMPT_TEMPLATES, next_allowed, usable_email
+from dunning.messaging import (
+    CAP_7D,
+    CAP_EXEMPT_TEMPLATES,
+    frequency_capped,
+    next_allowed,
+    normalize_phone,
+    recipient,
+    unreachable,
+)
 from dunning.models import Channel
 from dunning.policy import parse_policy
 from dunning.ports import MessageRequest, MessageResult, MessageSender, RenderedMessage
@@ -103,32 +110,10 @@ def rejected(provider: str, detail: str) -> ApplicationError:
 # --- recipients -----------------------------------------------------------------------------------
 
 
-def normalize_phone(phone: str | None, country: str | None = None) -> str | None:
-    """E.164 when the number is valid (national numbers use the customer's country), else None."""
-    if not phone:
-        return None
-    try:
-        parsed = phonenumbers.parse(phone, (country or "").upper() or None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(parsed):
-        return None
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-
-
 def phone_opt_out_key(phone: str, country: str | None = None) -> str:
     """Contact-preference key for a phone number: inbound SMS (STOP) know only the number,
     and the store has no phone -> customer index, so opt-outs are kept under this key too."""
     return f"phone:{normalize_phone(phone, country) or phone.strip()}"
-
-
-def recipient_for(request: MessageRequest) -> str | None:
-    customer = request.customer
-    if request.channel is Channel.email:
-        return usable_email(customer.email)
-    if request.channel is Channel.sms:
-        return normalize_phone(customer.phone, customer.country)
-    return customer.id
 
 
 def message_record(
@@ -193,9 +178,9 @@ class MessagingActivities:
             self._finish_without_sending(request, "skipped", detail)
             return MessageResult(status="opted_out", detail=detail)
 
-        recipient = recipient_for(request)
-        if recipient is None:
-            detail = f"no valid {_address_word(request.channel)} for customer {request.customer.id}"
+        address = recipient(request.customer, request.channel)
+        if address is None:
+            detail = unreachable(request.customer, request.channel)
             self._finish_without_sending(request, "undeliverable", detail)
             return MessageResult(status="undeliverable", detail=detail)
 
@@ -209,7 +194,7 @@ class MessagingActivities:
             return MessageResult(status="undeliverable", detail=detail)
 
         message, locale = self._render(request)
-        row = self.store.claim_message(message_record(request, message, locale=locale, recipient=recipient))
+        row = self.store.claim_message(message_record(request, message, locale=locale, recipient=address))
         if row.status in _FINAL_STATUSES:  # another attempt finished it in the meantime
             return _result_of(row)
 
@@ -277,8 +262,7 @@ class MessagingActivities:
         allowed = next_allowed(times, request.at, per_day, per_week)
         if allowed > request.at:
             raise ApplicationError(
-                f"frequency cap: customer {request.customer.id} already got the maximum number of "
-                f"messages across journeys; next allowed at {allowed.isoformat()}",
+                frequency_capped(request.customer, allowed),
                 allowed.isoformat(),
                 type=FREQUENCY_CAPPED,
                 non_retryable=True,
@@ -329,10 +313,6 @@ def _result_of(row: MessageRecord) -> MessageResult:
     if row.status == "skipped":
         return MessageResult(status="opted_out", detail=row.error or "opted out")
     return MessageResult(status="undeliverable", detail=row.error or "undeliverable")
-
-
-def _address_word(channel: Channel) -> str:
-    return {Channel.email: "email address", Channel.sms: "mobile number"}.get(channel, "recipient")
 
 
 def _log(level: str, message: str, *args: Any) -> None:

@@ -10,6 +10,7 @@ import logging
 import sys
 from typing import TextIO
 
+from dunning.messaging import recipient
 from dunning.models import Channel
 from dunning.ports import MessageRequest, MessageResult, RenderedMessage
 from dunning.store import Store
@@ -28,20 +29,20 @@ class OutboxSender:
         self.stream = stream
 
     def send(self, request: MessageRequest, message: RenderedMessage) -> MessageResult:
-        from activities.messaging import message_record, recipient_for
+        from activities.messaging import message_record
 
-        recipient = recipient_for(request)
+        address = recipient(request.customer, request.channel)
         provider_message_id = f"outbox:{request.dedupe_key}"
         first = True
         if self.store is not None:
             # Idempotent: the messaging activity normally claimed this row (with the same body).
-            self.store.claim_message(message_record(request, message, recipient=recipient))
+            self.store.claim_message(message_record(request, message, recipient=address))
             # The outbox's delivery is this write: print only for the call that made it, so a
             # retry after a later failure (e.g. a locked database) does not deliver twice.
             first = self.store.mark_sent_once(request.dedupe_key, provider="outbox", provider_message_id=provider_message_id)
         if first:
-            print(format_block(request, message, recipient), file=self.stream or sys.stdout, flush=True)
-            logger.info("outbox %s: %s to %s", self.channel.value, request.dedupe_key, recipient)
+            print(format_block(request, message, address), file=self.stream or sys.stdout, flush=True)
+            logger.info("outbox %s: %s to %s", self.channel.value, request.dedupe_key, address)
         return MessageResult(
             status="sent",
             detail=f"kept in the outbox ({self.channel.value} is not connected to a provider)",

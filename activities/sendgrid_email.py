@@ -24,10 +24,10 @@ from activities.messaging import (
     PUBLIC_URL_ENV,
     parse_retry_after,
     provider_error,
-    recipient_for,
     rejected,
     throttled,
 )
+from dunning.messaging import recipient
 from dunning.models import Channel
 from dunning.ports import MessageRequest, MessageResult, RenderedMessage
 from dunning.rendering import unsubscribe_secret, unsubscribe_url
@@ -76,7 +76,7 @@ class SendGridEmailSender:
         )
 
     def send(self, request: MessageRequest, message: RenderedMessage) -> MessageResult:
-        to = recipient_for(request)
+        to = recipient(request.customer, request.channel)
         if to is None:
             return MessageResult(status="undeliverable", detail="no valid email address")
         try:

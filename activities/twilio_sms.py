@@ -18,7 +18,8 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from activities.messaging import normalize_phone, parse_retry_after, provider_error, rejected, throttled
+from activities.messaging import parse_retry_after, provider_error, rejected, throttled
+from dunning.messaging import normalize_phone
 from dunning.models import Channel
 from dunning.ports import MessageRequest, MessageResult, RenderedMessage
 

@@ -1,9 +1,15 @@
-"""Messaging rules shared by the messaging activity and the simulator (which stands in for it)."""
+"""Messaging rules shared by the messaging activities and the simulator (which stands in for them)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
+
+import phonenumbers
+
+from dunning.models import Channel, Customer
+from dunning.timing import valid_phone_number
 
 # The payment receipt confirms what the customer did: it never counts towards the frequency caps.
 CAP_EXEMPT_TEMPLATES = frozenset({"payment_recovered"})
@@ -29,3 +35,35 @@ def usable_email(email: str | None) -> str | None:
     email = (email or "").strip()
     local, _, domain = email.rpartition("@")
     return email if local and "." in domain and " " not in email else None
+
+
+# Asked for every SMS (and by the simulator for every one it stands in for): parsed once per number.
+@lru_cache(maxsize=4096)
+def normalize_phone(phone: str | None, country: str | None = None) -> str | None:
+    """E.164 when the number is valid (national numbers use the customer's country), else None."""
+    number = valid_phone_number(phone, country) if phone else None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) if number is not None else None
+
+
+def recipient(customer: Customer, channel: Channel) -> str | None:
+    """Where a message on `channel` goes: a usable address, the customer id in the app; None
+    when the customer cannot be reached there."""
+    if channel is Channel.email:
+        return usable_email(customer.email)
+    if channel is Channel.sms:
+        return normalize_phone(customer.phone, customer.country)
+    return customer.id
+
+
+def unreachable(customer: Customer, channel: Channel) -> str:
+    """Why a message on `channel` cannot go out when `recipient` finds no address."""
+    word = {Channel.email: "email address", Channel.sms: "mobile number"}.get(channel, "recipient")
+    return f"no valid {word} for customer {customer.id}"
+
+
+def frequency_capped(customer: Customer, allowed: datetime) -> str:
+    """Why a message waits when `next_allowed` is later than it was due."""
+    return (
+        f"frequency cap: customer {customer.id} already got the maximum number of messages "
+        f"across journeys; next allowed at {allowed.isoformat()}"
+    )

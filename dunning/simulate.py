@@ -37,11 +37,11 @@ from pydantic_core import from_json
 from dunning import engine
 from dunning.budgets import CARD_HISTORY_WINDOW, CardAttempt, RetryLimits, earliest_attempt, violations
 from dunning.engine import Decision, JourneyState
-from dunning.messaging import CAP_7D, CAP_24H, CAP_EXEMPT_TEMPLATES, next_allowed, usable_email
-from dunning.models import Channel, ChargeOutcome, Customer
+from dunning.messaging import CAP_7D, CAP_24H, CAP_EXEMPT_TEMPLATES, frequency_capped, next_allowed, recipient, unreachable
+from dunning.models import Channel, ChargeOutcome
 from dunning.policy import Policy, Segment
 from dunning.scenarios import Behavior, Scenario, ScenarioError, _field_path
-from dunning.timing import customer_zone, in_quiet_hours, valid_phone_number
+from dunning.timing import customer_zone, in_quiet_hours
 
 UTC = timezone.utc
 DAY = 86400.0
@@ -214,22 +214,6 @@ def clusters(lines: Sequence[Line]) -> list[list[Line]]:
     for index, line in enumerate(lines):
         groups.setdefault(root(index), []).append(line)
     return list(groups.values())
-
-
-# --- what the activities would do ---------------------------------------------------------------
-
-
-def _valid_phone(phone: str | None, country: str | None) -> bool:
-    return bool(phone) and valid_phone_number(phone, country) is not None
-
-
-def reachable(customer: Customer, channel: Channel) -> bool:
-    """The messaging activity's recipient check: a usable address for the channel."""
-    if channel is Channel.email:
-        return usable_email(customer.email) is not None
-    if channel is Channel.sms:
-        return _valid_phone(customer.phone, customer.country)
-    return True
 
 
 # --- one journey ----------------------------------------------------------------------------------
@@ -460,17 +444,13 @@ class _Journey:
         """messaging.send on the outbox: recipient, cross-journey cap, then sent."""
         customer, now = self.payment.customer, self.now
         channel = decision.channel
-        if not reachable(customer, channel):
-            word = {Channel.email: "email address", Channel.sms: "mobile number"}.get(channel, "recipient")
-            return "undeliverable", f"no valid {word} for customer {customer.id}"
+        if recipient(customer, channel) is None:
+            return "undeliverable", unreachable(customer, channel)
         sent = self.cluster.customer_messages[customer.id]
         if decision.template not in CAP_EXEMPT_TEMPLATES:
             allowed = next_allowed(sent, now, *self.cluster.caps)
             if allowed > now:
-                return "skipped", (
-                    f"frequency cap: customer {customer.id} already got the maximum number of "
-                    f"messages across journeys; next allowed at {allowed.isoformat()}"
-                )
+                return "skipped", frequency_capped(customer, allowed)
         sent.append(now)
         return "sent", ""
 

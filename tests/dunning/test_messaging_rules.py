@@ -2,7 +2,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dunning.messaging import next_allowed, usable_email
+from dunning.messaging import next_allowed, recipient, unreachable, usable_email
+from dunning.models import Channel, Customer
 
 AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -49,3 +50,23 @@ def test_next_allowed_is_never_earlier_than_asked() -> None:
 )
 def test_usable_email(email: str | None, expected: str | None) -> None:
     assert usable_email(email) == expected
+
+
+@pytest.mark.parametrize(
+    ("channel", "customer", "expected"),
+    [
+        (Channel.email, Customer(id="cus_1", email=" ana@example.com"), "ana@example.com"),
+        (Channel.email, Customer(id="cus_1", email="ana@localhost"), None),
+        (Channel.sms, Customer(id="cus_1", phone="0712 345 678", country="ro"), "+40712345678"),
+        (Channel.sms, Customer(id="cus_1", phone="12345"), None),
+        (Channel.sms, Customer(id="cus_1"), None),
+        (Channel.in_app, Customer(id="cus_1"), "cus_1"),
+    ],
+)
+def test_recipient_is_a_usable_address_or_none(channel: Channel, customer: Customer, expected: str | None) -> None:
+    assert recipient(customer, channel) == expected
+
+
+def test_unreachable_names_the_missing_address() -> None:
+    assert unreachable(Customer(id="cus_1"), Channel.sms) == "no valid mobile number for customer cus_1"
+    assert unreachable(Customer(id="cus_1"), Channel.email) == "no valid email address for customer cus_1"
