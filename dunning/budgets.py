@@ -47,9 +47,6 @@ from dunning.declines import DeclineVerdict, classify, normalize_brand, stops_ca
 from dunning.durations import Duration, format_duration
 from dunning.models import Decline, Frozen, PaymentMethod
 
-VISA_WINDOW = timedelta(days=30)
-MASTERCARD_DAY = timedelta(hours=24)
-MASTERCARD_MONTH = timedelta(days=30)
 MASTERCARD_02_MINIMUM = timedelta(hours=72)
 # How far back the store reads a card's attempts: the 30-day rolling windows, one day of slack.
 CARD_HISTORY_WINDOW = timedelta(days=31)
@@ -105,17 +102,48 @@ class BudgetDecision:
     reasons: tuple[str, ...]  # why: each rule that moved or blocked it, readable by ops
 
 
+@dataclass(frozen=True)
+class NetworkWindow:
+    """A network's rolling limit: at most `cap` attempts on a card (of one amount and currency,
+    when `per_amount`) in any `length`."""
+
+    brand: str
+    per_amount: bool
+    length: timedelta
+    limit: str  # the RetryLimits field that sets the cap
+    originals: int  # attempts allowed on top of it (Visa limits reattempts after the original)
+    label: str  # for ops, with {cap} and {reattempts}: written only when the rule moves an attempt
+    name: str  # in violation reports
+    source: str
+
+    def cap(self, limits: RetryLimits) -> int:
+        return self.originals + getattr(limits, self.limit)
+
+
+NETWORK_WINDOWS = (
+    NetworkWindow(
+        "visa", True, timedelta(days=30), "visa_reattempts_30d", 1,
+        "Visa: at most 1 + {reattempts} attempts per card and amount in any 30 days",
+        "Visa 30-day reattempt limit", "Visa Core Rules, decline categories (Apr 2021 update)",
+    ),
+    NetworkWindow(
+        "mastercard", False, timedelta(hours=24), "mastercard_attempts_24h", 0,
+        "Mastercard: at most {cap} attempts per card in any 24 hours",
+        "Mastercard 24-hour limit", "Mastercard Merchant Advice Codes, excessive-retry rules",
+    ),
+    NetworkWindow(
+        "mastercard", True, timedelta(days=30), "mastercard_attempts_30d", 0,
+        "Mastercard: at most {cap} attempts per card and amount in any 30 days",
+        "Mastercard 30-day limit", "Mastercard Merchant Advice Codes, excessive-retry rules",
+    ),
+)
+
+
 @dataclass(slots=True)
 class _Window:
-    rule: str  # its label, with {cap} and {reattempts}: written only when the window moves an attempt
+    rule: NetworkWindow
     times: list[datetime]
     cap: int
-    length: timedelta
-
-
-_VISA_RULE = "Visa: at most 1 + {reattempts} attempts per card and amount in any 30 days"
-_MASTERCARD_DAY_RULE = "Mastercard: at most {cap} attempts per card in any 24 hours"
-_MASTERCARD_MONTH_RULE = "Mastercard: at most {cap} attempts per card and amount in any 30 days"
 
 
 def _fits(times: Sequence[datetime], cap: int, length: timedelta, candidate: datetime) -> bool:
@@ -134,11 +162,12 @@ def _fits(times: Sequence[datetime], cap: int, length: timedelta, candidate: dat
 def _earliest_fit(window: _Window, t: datetime) -> datetime:
     # A feasible stretch starts at t or where some attempt turns `length` old; try those in order
     # (t nearly always fits: check it before collecting the others).
-    if _fits(window.times, window.cap, window.length, t):
+    length = window.rule.length
+    if _fits(window.times, window.cap, length, t):
         return t
-    candidates = sorted({x + window.length for x in window.times if x + window.length > t})
+    candidates = sorted({x + length for x in window.times if x + length > t})
     for candidate in candidates:
-        if _fits(window.times, window.cap, window.length, candidate):
+        if _fits(window.times, window.cap, length, candidate):
             return candidate
     raise AssertionError("unreachable: the last attempt + length always fits")
 
@@ -217,15 +246,14 @@ def earliest_attempt(
             + "; ".join(verdict.reasons)
         )
 
-    windows: list[_Window] = []
     same_amount = [
         a.at for a in on_card if a.amount == amount and (a.currency == currency or a.currency.lower() == currency)
     ]
-    if brand == "visa":
-        windows.append(_Window(_VISA_RULE, same_amount, 1 + limits.visa_reattempts_30d, VISA_WINDOW))
-    elif brand == "mastercard":
-        windows.append(_Window(_MASTERCARD_DAY_RULE, [a.at for a in on_card], limits.mastercard_attempts_24h, MASTERCARD_DAY))
-        windows.append(_Window(_MASTERCARD_MONTH_RULE, same_amount, limits.mastercard_attempts_30d, MASTERCARD_MONTH))
+    windows = [
+        _Window(rule, same_amount if rule.per_amount else [a.at for a in on_card], rule.cap(limits))
+        for rule in NETWORK_WINDOWS
+        if rule.brand == brand
+    ]
     # Each window only ever pushes t later; repeat until every window accepts the same t.
     moved = True
     while moved:
@@ -234,7 +262,7 @@ def earliest_attempt(
             fit = _earliest_fit(window, t)
             if fit > t:
                 t, moved = fit, True
-                rule = window.rule.format(cap=window.cap, reattempts=window.cap - 1)
+                rule = window.rule.label.format(cap=window.cap, reattempts=window.cap - 1)
                 reasons.append(f"{rule}: full until {fit.isoformat()}")
     return BudgetDecision(t, tuple(reasons))
 
@@ -304,11 +332,8 @@ def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str
     def per_card(a: CardAttempt) -> object:
         return a.card_key
 
-    visa_cap = 1 + limits.visa_reattempts_30d
-    windows("Visa 30-day reattempt limit", per_amount, "visa", visa_cap, VISA_WINDOW)
-    day_cap, month_cap = limits.mastercard_attempts_24h, limits.mastercard_attempts_30d
-    windows("Mastercard 24-hour limit", per_card, "mastercard", day_cap, MASTERCARD_DAY)
-    windows("Mastercard 30-day limit", per_amount, "mastercard", month_cap, MASTERCARD_MONTH)
+    for rule in NETWORK_WINDOWS:
+        windows(rule.name, per_amount if rule.per_amount else per_card, rule.brand, rule.cap(limits), rule.length)
 
     per_method: dict[tuple[str, str], int] = defaultdict(int)
     per_journey: dict[str, int] = defaultdict(int)

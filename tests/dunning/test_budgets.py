@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from dunning.budgets import (
+    NETWORK_WINDOWS,
     BudgetDecision,
     CardAttempt,
+    NetworkWindow,
     RetryLimits,
     earliest_attempt,
     violations,
@@ -559,3 +561,29 @@ def test_following_earliest_attempt_never_violates(
             )
         )
         assert violations(history, limits) == []
+
+
+# --- the network window table -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", NETWORK_WINDOWS, ids=lambda rule: rule.name)
+def test_each_network_window_waits_until_its_oldest_attempt_ages_out(rule: NetworkWindow) -> None:
+    cap = rule.cap(LIMITS)
+    step = rule.length / (cap + 1)
+    history = spread(cap, T0, step, brand=rule.brand, decline=None)
+    asked = history[-1].at + step
+    decision = ask(history, method=card(rule.brand), not_before=asked, journey="j_new")
+    assert decision.allowed_at == T0 + rule.length
+    assert any(reason.startswith(rule.label.format(cap=cap, reattempts=cap - 1)) for reason in decision.reasons)
+
+
+@pytest.mark.parametrize("rule", NETWORK_WINDOWS, ids=lambda rule: rule.name)
+def test_each_network_window_is_reported_when_broken(rule: NetworkWindow) -> None:
+    cap = rule.cap(LIMITS)
+    found = violations(spread(cap + 1, T0, rule.length / (cap + 2), brand=rule.brand, decline=None), LIMITS)
+    assert any(item.startswith(f"{rule.name} broken") for item in found)
+    assert not violations(spread(cap + 1, T0, rule.length / cap + US, brand=rule.brand, decline=None), LIMITS)
+
+
+def test_every_network_window_names_its_source() -> None:
+    assert all(rule.source for rule in NETWORK_WINDOWS)
