@@ -21,13 +21,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from dunning import search_attributes
 from dunning.store import Store
-from tests.support import ROOT, binary
+from tests.support import ROOT, SERVER_STARTUP, binary
 
 
 @pytest.fixture(scope="session")
 async def time_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=binary("temporal-test-server"),
+        test_server_startup_timeout=SERVER_STARTUP,
         data_converter=pydantic_data_converter,
     )
     # The time-skipping server cannot list search attributes, only add them.

@@ -10,15 +10,12 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from dunning import search_attributes
 from dunning.api.app import create_app
 from dunning.config import Settings
 from dunning.journey import JourneyStatus, OpsAction
 from dunning.scenarios import Scenario
-from tests.support import ROOT, binary
+from tests.support import ROOT, start_dev_server
 
 TOKEN = "test-ops-token-5678"
 DEFAULT = (ROOT / "policies" / "default.yaml").read_text()
@@ -29,11 +26,7 @@ WAIT = 20.0
 
 @pytest.fixture(scope="module")
 async def dev_env():
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

@@ -9,15 +9,12 @@ import time
 from datetime import timedelta
 
 import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from dunning import search_attributes
 from dunning.api.webhooks import SOURCE
 from dunning.journey import JourneyStatus
 from dunning.models import Stage
 from dunning.scenarios import Scenario
-from tests.support import binary
+from tests.support import start_dev_server
 from tests.webhook_support import (
     FAST_POLICY,
     event,
@@ -34,11 +31,7 @@ from tests.webhook_support import (
 
 @pytest.fixture(scope="module")
 async def dev_env():
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

@@ -11,14 +11,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from activities.collections import CollectionsActivities
 from activities.outbox import OutboxSender
 from activities.sandbox import SandboxGateway
-from dunning import search_attributes
 from dunning.cli import app
 from dunning.collections import CollectionsConfig, placement_id_for
 from dunning.collections.schema import schema_text
@@ -27,7 +24,7 @@ from dunning.models import Channel
 from dunning.store import Store
 from dunning.store.records import PlacementRecord
 from dunning.temporal import connect
-from tests.support import binary
+from tests.support import start_dev_server
 from worker import build_worker
 
 runner = CliRunner()
@@ -72,11 +69,7 @@ def store(tmp_path: Path) -> Store:
 
 
 async def test_export_runs_now_and_a_rerun_delivers_the_same_files(tmp_path: Path, store: Store):
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
-    )
+    env = await start_dev_server()
     target = env.client.service_client.config.target_host
     out = tmp_path / "partner"
     try:

@@ -14,17 +14,15 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import Result
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
-from dunning import search_attributes
 from dunning.cli import app
 from dunning.config import Settings
 from dunning.journey import QUERY_STATUS, JourneyStatus
 from dunning.scenarios import Scenario
 from dunning.temporal import connect
-from tests.support import ROOT, binary
+from tests.support import ROOT, start_dev_server
 
 DEFAULT = (ROOT / "policies" / "default.yaml").read_text()
 WAIT = 20.0
@@ -33,11 +31,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 async def dev_env():
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

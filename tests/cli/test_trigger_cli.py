@@ -8,17 +8,14 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
-from dunning import search_attributes
 from dunning.cli import app
 from dunning.codec import codec_for, data_converter
 from dunning.config import get_settings
 from dunning.journey import JourneyInput
-from tests.support import ROOT, binary
+from tests.support import ROOT, start_dev_server
 from tests.webhook_support import StripeStub, intent, invoice
 
 runner = CliRunner()
@@ -27,11 +24,7 @@ NOW = int(time.time())
 
 @pytest.fixture(scope="module")
 async def dev_env():
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

@@ -11,11 +11,9 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from dunning import search_attributes
-from tests.support import BIN, ROOT, binary
+from tests.support import BIN, ROOT, binary, start_dev_server
 
 sys.path.insert(0, str(ROOT / "deploy"))
 import healthcheck  # noqa: E402  (deploy/healthcheck.py is a script, not a package module)
@@ -29,11 +27,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 async def dev_env():
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

@@ -6,14 +6,12 @@ import asyncio
 import socket
 from datetime import datetime, timezone
 
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from dunning import search_attributes
 from dunning.journey import JourneyStatus
 from dunning.models import Stage
 from dunning.scenarios import Scenario
-from tests.support import binary
+from tests.support import start_dev_server
 
 # A compressed journey (seconds instead of days) with messaging rules opened up for the test.
 FAST_POLICY = """\
@@ -42,13 +40,10 @@ def free_port() -> int:
 
 
 async def start_server(db_path, port) -> WorkflowEnvironment:
-    return await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
+    return await start_dev_server(
         dev_server_database_filename=str(db_path),
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"],
         port=port,
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
     )
 
 

@@ -8,14 +8,11 @@ import time as clock
 from datetime import UTC, datetime, time, timedelta
 
 from temporalio.client import ScheduleActionStartWorkflow, ScheduleRange
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from dunning import search_attributes
 from dunning.collections import CollectionsConfig
 from dunning.collections.export import SCHEDULE_ID, ExportResult, business_date_for
 from dunning.collections.schedule import CATCHUP_WINDOW, ensure_export_schedule
-from tests.support import binary
+from tests.support import start_dev_server
 from tests.workflows.test_dev_server import free_port
 from tests.workflows.test_hand_off_placement import worker
 
@@ -32,11 +29,8 @@ async def eventually(probe, timeout: float = 20.0, what: str = "condition"):
 
 
 async def test_schedule_is_idempotent_keeps_ops_pause_and_runs_the_export(tmp_path, harness_factory, default_policy_text):
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
+    env = await start_dev_server(
         port=free_port(),
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
     )
     try:
         harness = harness_factory(env.client, tmp_path, default_policy_text)

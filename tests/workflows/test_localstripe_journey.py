@@ -23,18 +23,16 @@ import uvicorn
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from activities.outbox import OutboxSender
 from activities.stripe_gateway import StripeGateway
-from dunning import search_attributes
 from dunning.journey import JourneyStatus
 from dunning.models import Channel, Stage
 from dunning.store.schema import WebhookEvent
 from tests.activities.localstripe_server import API_KEY, FAILING_CARD, WORKING_CARD, LocalStripe, run_localstripe
-from tests.support import binary
+from tests.support import start_dev_server
 from tests.webhook_support import SECRET, webhook_app
 from worker import build_worker
 
@@ -63,11 +61,7 @@ EVENTS = ["payment_intent.payment_failed", "payment_intent.succeeded"]
 
 @pytest.fixture(scope="module")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

@@ -17,16 +17,15 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from dunning import codec, search_attributes
+from dunning import codec
 from dunning.codec import EncryptionCodec, parse_keys
 from dunning.config import Settings
 from dunning.journey import JourneyStatus, OpsAction
 from dunning.models import Stage
 from dunning.scenarios import Scenario
 from dunning.temporal import connect
-from tests.support import binary
+from tests.support import binary, start_dev_server
 
 NAME, EMAIL, PHONE = "Ioana Vasilescu", "ioana.vasilescu@example.org", "+40721987654"
 CONTACT = (NAME, EMAIL, PHONE)
@@ -124,12 +123,9 @@ async def run_journey(harness, invoice: str) -> str:
 async def test_contact_data_never_appears_in_history_with_the_codec(tmp_path: Path, harness_factory):
     port = free_port()
     address = f"127.0.0.1:{port}"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
+    env = await start_dev_server(
         dev_server_database_filename=str(tmp_path / "temporal.db"),
         port=port,
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
     )
     try:
         # Encrypted: the client every process gets from connect(), with the data dir's dev key.
