@@ -137,6 +137,10 @@ NETWORK_WINDOWS = (
         "Mastercard 30-day limit", "Mastercard Merchant Advice Codes, excessive-retry rules",
     ),
 )
+_WINDOWS_BY_BRAND = {
+    brand: tuple(rule for rule in NETWORK_WINDOWS if rule.brand == brand)
+    for brand in {rule.brand for rule in NETWORK_WINDOWS}
+}
 
 
 @dataclass(slots=True)
@@ -198,18 +202,20 @@ def earliest_attempt(
 
     blocked: list[str] = []
     longest_wait: tuple[datetime, CardAttempt, DeclineVerdict] | None = None
+    mastercard_02_delay = limits.mastercard_02_delay
     for a in on_card:
-        if a.decline is None:
+        decline = a.decline
+        if decline is None:
             continue
         attempt_brand = a.brand or card.brand
-        verdict = classify(a.decline, attempt_brand, limits.mastercard_02_delay)
+        verdict = classify(decline, attempt_brand, mastercard_02_delay)
         # the reasons are written only for what is reported: the longest wait and any stop
         if verdict.min_delay and (longest_wait is None or a.at + verdict.min_delay > longest_wait[0]):
             longest_wait = (a.at + verdict.min_delay, a, verdict)
         if not verdict.stop_method:
             continue
         explained = "; ".join(verdict.reasons)
-        if stops_card(a.decline, attempt_brand):
+        if stops_card(decline, attempt_brand):
             blocked.append(f"card stopped for good by the decline at {a.at.isoformat()}: {explained}")
         elif a.payment_method_id == card.id and not (
             card.last_succeeded_at is not None and card.last_succeeded_at > a.at
@@ -219,19 +225,25 @@ def earliest_attempt(
                 f"{a.at.isoformat()}: {explained}"
             )
 
-    mine = [a for a in history if a.journey_id == journey_id]
     # retries: every attempt but the journey's earliest, its initial failure
-    on_method = sum(a.payment_method_id == card.id for a in mine)
-    if mine and min(mine, key=_by_time).payment_method_id == card.id:
+    mine = on_method = 0
+    first: CardAttempt | None = None
+    for a in history:
+        if a.journey_id == journey_id:
+            mine += 1
+            on_method += a.payment_method_id == card.id
+            if first is None or a.at < first.at:
+                first = a
+    if first is not None and first.payment_method_id == card.id:
         on_method -= 1
     if on_method >= limits.max_attempts_per_payment_method:
         blocked.append(
             f"journey {journey_id} made {on_method} retries on {card.id} "
             f"(cap {limits.max_attempts_per_payment_method})"
         )
-    if len(mine) >= limits.max_attempts_per_journey + 1:
+    if mine >= limits.max_attempts_per_journey + 1:
         blocked.append(
-            f"journey {journey_id} made {len(mine) - 1} retries after its initial failure "
+            f"journey {journey_id} made {mine - 1} retries after its initial failure "
             f"(cap {limits.max_attempts_per_journey})"
         )
     if blocked:
@@ -246,14 +258,18 @@ def earliest_attempt(
             + "; ".join(verdict.reasons)
         )
 
-    same_amount = [
-        a.at for a in on_card if a.amount == amount and (a.currency == currency or a.currency.lower() == currency)
-    ]
-    windows = [
-        _Window(rule, same_amount if rule.per_amount else [a.at for a in on_card], rule.cap(limits))
-        for rule in NETWORK_WINDOWS
-        if rule.brand == brand
-    ]
+    windows: list[_Window] = []
+    for rule in _WINDOWS_BY_BRAND.get(brand, ()):
+        cap = rule.cap(limits)
+        # fewer attempts than the cap can never fill the window, whatever t (the common case)
+        if len(on_card) < cap:
+            continue
+        if rule.per_amount:
+            times = [a.at for a in on_card if a.amount == amount and (a.currency == currency or a.currency.lower() == currency)]
+        else:
+            times = [a.at for a in on_card]
+        if len(times) >= cap:
+            windows.append(_Window(rule, times, cap))
     # Each window only ever pushes t later; repeat until every window accepts the same t.
     moved = True
     while moved:
@@ -312,7 +328,7 @@ def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str
     def windows(
         rule: str, group: Callable[[CardAttempt], object], brand: str, cap: int, length: timedelta
     ) -> None:
-        if brand not in brands:
+        if brands.count(brand) <= cap:  # too few attempts of this brand to break it anywhere
             return
         groups: dict[object, list[datetime]] = defaultdict(list)
         for a, attempt_brand in zip(ordered, brands):

@@ -516,9 +516,12 @@ def _handled_channels(state: JourneyState, step: Step) -> set[Channel]:
 
 
 def _after_frequency_cap(policy: Policy, state: JourneyState, at: datetime) -> datetime:
+    caps = policy.messaging.max_per_24h, policy.messaging.max_per_7d
+    if len(state.messages) < min(caps):  # too few messages of any status to reach a cap
+        return at
     sent = [m.at for m in state.messages if m.status == "sent"]
     sent.sort()
-    return next_allowed(sent, at, policy.messaging.max_per_24h, policy.messaging.max_per_7d)
+    return next_allowed(sent, at, *caps)
 
 
 def _plan_recovery(policy: Policy, state: JourneyState, now: datetime) -> Decision:
@@ -645,12 +648,12 @@ def apply_message(
     if status in ("undeliverable", "opted_out"):
         state.unavailable_channels[decision.channel] = detail or status
     recovery = state.stage is Stage.recovered
-    step = next((s for s in (policy.on_recovery if recovery else state.ladder) if s.id == decision.step_id), None)
-    done = state.recovery_steps_done if recovery else state.steps_done
-    if step is not None:
-        handled = _handled_channels(state, step)
-        if all(c in handled for c in effective_channels(policy, state, step)):
-            done[step.id] = "done"
+    for step in policy.on_recovery if recovery else state.ladder:
+        if step.id == decision.step_id:
+            handled = _handled_channels(state, step)
+            if all(c in handled for c in effective_channels(policy, state, step)):
+                (state.recovery_steps_done if recovery else state.steps_done)[step.id] = "done"
+            return
 
 
 def apply_skip(policy: Policy, state: JourneyState, decision: Decision, at: datetime) -> None:
