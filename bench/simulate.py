@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import os
+import platform
 import pstats
 import sys
 import tempfile
@@ -66,6 +67,11 @@ def profile(path: Path, policy, journeys: int) -> None:
             print(f"  {100 * cumtime / total:5.1f}%  (self {100 * tottime / total:4.1f}%)  {label}")
 
 
+def _interpreter() -> str:
+    """Which Python ran it: builds of one version differ by a quarter in speed (README, Speed)."""
+    return f"Python {platform.python_version()} at {os.path.realpath(sys.executable)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=100_000, help="scenarios (default 100,000)")
@@ -87,7 +93,7 @@ def main() -> None:
         report = result.policy.to_dict()
         print(
             f"simulated {report['journeys']:,} journeys in {took:.1f} s: {report['journeys'] / took:,.0f} journeys/s "
-            f"({args.workers} processes, {os.cpu_count()} cores)"
+            f"({args.workers} processes, {os.cpu_count()} cores, {_interpreter()})"
         )
         print(
             f"recovered {report['recovered']['rate']:.1%}, {report['attempts']['total']:,} attempts, "
