@@ -2,8 +2,9 @@
 
 # The interpreter .venv is built on: the distribution's /usr/bin/python3 when it is 3.11 or newer
 # and can make a venv (Debian's runs the engine 22-32% faster here than a pyenv build: README,
-# Speed), else python3 from PATH. `make install PYTHON=...` chooses another.
-SYSTEM_PYTHON := $(shell /usr/bin/python3 -c 'import ensurepip, sys; ensurepip.version(); sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && echo /usr/bin/python3)
+# Speed), else python3 from PATH. `make install PYTHON=...` chooses another. Probed only when a
+# rule needs it (making a venv), not on every make.
+SYSTEM_PYTHON = $(shell /usr/bin/python3 -c 'import ensurepip, sys; ensurepip.version(); sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && echo /usr/bin/python3)
 PYTHON ?= $(or $(SYSTEM_PYTHON),python3)
 VENV := .venv
 BIN := $(VENV)/bin

@@ -27,7 +27,7 @@ from activities.messaging import (
     rejected,
     throttled,
 )
-from dunning.messaging import recipient
+from dunning.messaging import recipient, unreachable
 from dunning.models import Channel
 from dunning.ports import MessageRequest, MessageResult, RenderedMessage
 from dunning.rendering import unsubscribe_secret, unsubscribe_url
@@ -78,7 +78,7 @@ class SendGridEmailSender:
     def send(self, request: MessageRequest, message: RenderedMessage) -> MessageResult:
         to = recipient(request.customer, request.channel)
         if to is None:
-            return MessageResult(status="undeliverable", detail="no valid email address")
+            return MessageResult(status="undeliverable", detail=unreachable(request.customer, request.channel))
         try:
             response = self.client.send(self.build_mail(request, message, to))
         except HTTPError as error:

@@ -19,7 +19,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from activities.messaging import parse_retry_after, provider_error, rejected, throttled
-from dunning.messaging import normalize_phone
+from dunning.messaging import recipient, unreachable
 from dunning.models import Channel
 from dunning.ports import MessageRequest, MessageResult, RenderedMessage
 
@@ -106,9 +106,9 @@ class TwilioSmsSender:
         return self.client.api.v2010.account.messages
 
     def send(self, request: MessageRequest, message: RenderedMessage) -> MessageResult:
-        to = normalize_phone(request.customer.phone, request.customer.country)
+        to = recipient(request.customer, request.channel)
         if to is None:
-            return MessageResult(status="undeliverable", detail="no valid mobile number")
+            return MessageResult(status="undeliverable", detail=unreachable(request.customer, request.channel))
         params: dict[str, Any] = {"to": to, "body": message.text}
         if self.messaging_service_sid:
             params["messaging_service_sid"] = self.messaging_service_sid
@@ -122,7 +122,7 @@ class TwilioSmsSender:
         return MessageResult(status="sent", detail=f"{sent.status or 'accepted'} by Twilio{segments}", provider_message_id=sent.sid)
 
     def find_delivered(self, request: MessageRequest, message: RenderedMessage, since: datetime) -> MessageResult | None:
-        to = normalize_phone(request.customer.phone, request.customer.country)
+        to = recipient(request.customer, request.channel)
         if to is None:
             return None
         try:

@@ -268,8 +268,7 @@ def earliest_attempt(
             times = [a.at for a in on_card if a.amount == amount and (a.currency == currency or a.currency.lower() == currency)]
         else:
             times = [a.at for a in on_card]
-        if len(times) >= cap:
-            windows.append(_Window(rule, times, cap))
+        windows.append(_Window(rule, times, cap))
     # Each window only ever pushes t later; repeat until every window accepts the same t.
     moved = True
     while moved:
