@@ -8,7 +8,7 @@ from pydantic_core import to_jsonable_python
 from temporalio import activity
 
 from activities.payments import counted_attempts, to_card_attempt
-from dunning.budgets import CardAttempt
+from dunning.journey_state import CardAttempt
 from dunning.journey import JourneyStatus
 from dunning.models import Channel, Decline, Frozen, PaymentMethod, Stage
 from dunning.policy import Policy, parse_policy

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dunning.budgets import CardAttempt, RetryLimits, earliest_attempt
+from dunning.budgets import earliest_attempt
+from dunning.journey_state import CardAttempt
+from dunning.rules import RetryLimits
 from dunning.declines import classify
 from dunning.models import ChargeOutcome, Decline, FailedPayment
 from dunning.ports import (

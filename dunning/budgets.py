@@ -41,58 +41,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import attrgetter
 
-from pydantic import Field, field_validator
-
 from dunning.declines import DeclineVerdict, classify, normalize_brand, stops_card
-from dunning.durations import Duration, format_duration
-from dunning.models import Decline, Frozen, PaymentMethod
+from dunning.durations import format_duration
+from dunning.journey_state import CardAttempt
+from dunning.models import Decline, PaymentMethod
+from dunning.rules import RetryLimits
 
-MASTERCARD_02_MINIMUM = timedelta(hours=72)
 # How far back the store reads a card's attempts: the 30-day rolling windows, one day of slack.
 CARD_HISTORY_WINDOW = timedelta(days=31)
 _by_time = attrgetter("at")
-
-
-class RetryLimits(Frozen):
-    """Network limits and policy caps; every field can be set in the ops policy YAML."""
-
-    visa_reattempts_30d: int = Field(
-        default=15, ge=1, description="Visa reattempts per card+amount in 30 days (2026 rule: 20)"
-    )
-    mastercard_attempts_24h: int = Field(default=10, ge=1)
-    mastercard_attempts_30d: int = Field(default=35, ge=1)
-    mastercard_02_delay: Duration = Field(
-        default=MASTERCARD_02_MINIMUM, description="wait after MAC 02; the network asks for >= 72h"
-    )
-    max_attempts_per_payment_method: int = Field(
-        default=8,
-        ge=1,
-        description="this journey's attempts on one method, initial failure included",
-    )
-    max_attempts_per_journey: int = Field(
-        default=12, ge=0, description="this journey's retries; the initial failure is not counted"
-    )
-
-    @field_validator("mastercard_02_delay")
-    @classmethod
-    def _mac_02_floor(cls, value: timedelta) -> timedelta:
-        if value < MASTERCARD_02_MINIMUM:
-            raise ValueError("Mastercard MAC 02 requires waiting at least 72h")
-        return value
-
-
-@dataclass(slots=True)  # made for every attempt a budget counts: half the cost of a frozen one
-class CardAttempt:
-    """One charge attempt on a card, from this journey or another one (the store's ledger)."""
-
-    at: datetime
-    card_key: str
-    brand: str | None
-    amount: int
-    currency: str
-    journey_id: str
-    payment_method_id: str
-    decline: Decline | None  # None = succeeded or outcome unknown
 
 
 @dataclass(slots=True)
@@ -137,7 +94,7 @@ NETWORK_WINDOWS = (
         "Mastercard 30-day limit", "Mastercard Merchant Advice Codes, excessive-retry rules",
     ),
 )
-_WINDOWS_BY_BRAND = {
+_WINDOWS_BY_BRAND: dict[str | None, tuple[NetworkWindow, ...]] = {
     brand: tuple(rule for rule in NETWORK_WINDOWS if rule.brand == brand)
     for brand in {rule.brand for rule in NETWORK_WINDOWS}
 }
@@ -277,8 +234,8 @@ def earliest_attempt(
             fit = _earliest_fit(window, t)
             if fit > t:
                 t, moved = fit, True
-                rule = window.rule.label.format(cap=window.cap, reattempts=window.cap - 1)
-                reasons.append(f"{rule}: full until {fit.isoformat()}")
+                label = window.rule.label.format(cap=window.cap, reattempts=window.cap - 1)
+                reasons.append(f"{label}: full until {fit.isoformat()}")
     return BudgetDecision(t, tuple(reasons))
 
 
@@ -299,9 +256,9 @@ def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str
 
     # Only an earlier decline on the same card can constrain an attempt: keep each card's declines
     # so far, in order, rather than comparing every pair of attempts.
-    earlier_declines: dict[str, list[tuple[CardAttempt, DeclineVerdict]]] = defaultdict(list)
+    earlier_declines: dict[str, list[tuple[CardAttempt, Decline, DeclineVerdict]]] = defaultdict(list)
     for later in ordered:
-        for earlier, verdict in earlier_declines[later.card_key]:
+        for earlier, decline, verdict in earlier_declines[later.card_key]:
             if later.at < earlier.at + verdict.min_delay:
                 found.append(
                     f"{label(later)} is within {format_duration(verdict.min_delay)} of the "
@@ -309,7 +266,7 @@ def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str
                 )
             if not verdict.stop_method:
                 continue
-            if stops_card(earlier.decline, earlier.brand):
+            if stops_card(decline, earlier.brand):
                 found.append(
                     f"{label(later)} follows a card-level stop at {earlier.at.isoformat()}"
                 )
@@ -320,7 +277,7 @@ def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str
                 )
         if later.decline is not None:
             verdict = classify(later.decline, later.brand, limits.mastercard_02_delay)
-            earlier_declines[later.card_key].append((later, verdict))
+            earlier_declines[later.card_key].append((later, later.decline, verdict))
 
     brands = [normalize_brand(a.brand) for a in ordered]
 

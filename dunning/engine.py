@@ -6,161 +6,29 @@ so what ops preview is what customers get. Every decision carries a human-readab
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, time, timedelta
-from typing import Annotated, Literal
+from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
-
-from dunning.budgets import CardAttempt, earliest_attempt
+from dunning.budgets import earliest_attempt
 from dunning.declines import DeclineClass, classify
-from dunning.messaging import next_allowed
-from dunning.models import (
-    Channel,
-    ChargeOutcome,
-    Decline,
-    FailedPayment,
-    PaymentMethod,
-    Stage,
+from dunning.journey_state import (
+    AttemptRecord,
+    AttemptStatus,
+    CardAttempt,
+    Decision,
+    JourneyState,
+    MessageRecord,
+    MessageStatus,
 )
+from dunning.messaging import next_allowed
+from dunning.models import Channel, ChargeOutcome, Decline, FailedPayment, PaymentMethod, Stage
 from dunning.policy import Action, Policy, Step
 from dunning.timing import customer_zone, next_message_time, place_retry
 
 RECONCILE_DELAY = timedelta(minutes=30)
 PROMPT_RETRY_DELAY = timedelta(minutes=5)
-MAX_SEEN_EVENTS = 200
 WHOLE_DAY = (time(0, 0), time(23, 59, 59))  # prompt retries on cards need not wait for retry hours
-
-DecisionKind = Literal["attempt", "message", "escalation", "reconcile", "skip", "wait", "finish"]
-AttemptStatus = Literal["succeeded", "declined", "requires_action", "processing", "error"]
-MessageStatus = Literal["sent", "skipped", "undeliverable", "opted_out"]
-
-
-# The records below are made many times per journey (the simulator makes millions): plain slotted
-# dataclasses cost a fraction of a validated model, and half of a frozen dataclass. Nothing changes
-# a record once made (`dataclasses.replace` makes a new one). Pydantic still validates and
-# serializes them inside JourneyState and the API models.
-_RECORD = dict(slots=True, kw_only=True)
-_STRICT = ConfigDict(extra="forbid")
-
-
-@dataclass(**_RECORD)
-class AttemptRecord:
-    __pydantic_config__ = _STRICT
-
-    number: Annotated[int, Field(description="0 is the failure that started the journey")]
-    at: datetime
-    payment_method_id: str
-    card_key: str
-    brand: str | None = None
-    step_id: str
-    status: AttemptStatus
-    decline: Decline | None = None
-    decline_class: DeclineClass | None = None
-    charge_id: str | None = None
-    reason: str = ""
-
-
-@dataclass(**_RECORD)
-class MessageRecord:
-    __pydantic_config__ = _STRICT
-
-    step_id: str
-    channel: Channel
-    at: datetime
-    status: MessageStatus
-    detail: str = ""
-
-
-@dataclass(**_RECORD)
-class TimelineEntry:
-    __pydantic_config__ = _STRICT
-
-    at: datetime
-    kind: str
-    text: str
-
-
-@dataclass(**_RECORD)
-class Decision:
-    __pydantic_config__ = _STRICT
-
-    kind: DecisionKind
-    at: datetime
-    reason: str
-    step_id: str | None = None
-    payment_method_id: str | None = None
-    attempt_number: int | None = None
-    channel: Channel | None = None
-    template: str | None = None
-    action: Action | None = None
-    coupon: str | None = None
-
-    def describe(self) -> str:
-        target = self.payment_method_id or (self.channel.value if self.channel else None) or (
-            self.action.value if self.action else None
-        )
-        return f"{self.kind} {self.step_id or ''} {target or ''}".replace("  ", " ").strip()
-
-
-class JourneyState(BaseModel):
-    """Everything the engine knows about one journey. Mutated only by the `apply_*` functions."""
-
-    journey_id: str
-    payment: FailedPayment
-    policy_version: str
-    segment: str
-    variant: str | None = None
-    ladder: tuple[Step, ...]
-    stage: Stage = Stage.retrying
-    payment_methods: list[PaymentMethod]
-    attempts: list[AttemptRecord] = []
-    ledger: list[CardAttempt] = []
-    messages: list[MessageRecord] = []
-    steps_done: dict[str, str] = {}
-    recovery_steps_done: dict[str, str] = {}
-    stopped_methods: dict[str, str] = {}
-    unavailable_channels: dict[Channel, str] = {}
-    paused_since: datetime | None = None
-    paused_total: timedelta = timedelta(0)
-    prompt_retry_reason: str | None = None
-    prompt_retry_requested_at: datetime | None = None
-    awaiting_reconcile: int | None = None
-    recovered_at: datetime | None = None
-    ended_at: datetime | None = None
-    end_reason: str | None = None
-    access_restricted: bool = False
-    timeline: list[TimelineEntry] = []
-    seen_events: list[str] = []
-    _own_card_attempts: tuple[list[AttemptRecord], list[CardAttempt]] | None = PrivateAttr(None)
-
-    @property
-    def decline_class(self) -> DeclineClass | None:
-        for attempt in reversed(self.attempts):
-            if attempt.decline_class is not None:
-                return attempt.decline_class
-        return None
-
-    @property
-    def finished(self) -> bool:
-        return self.ended_at is not None
-
-    @property
-    def ladder_base(self) -> datetime:
-        """Step offsets count from the failure, shifted by the time spent paused (e.g. a dispute)."""
-        return self.payment.failed_at + self.paused_total
-
-    def note(self, at: datetime, kind: str, text: str) -> None:
-        self.timeline.append(TimelineEntry(at=at, kind=kind, text=text))
-
-    def seen(self, event_id: str | None) -> bool:
-        """Remember an event id; True when it was already applied (signals are not de-duplicated)."""
-        if event_id is None:
-            return False
-        if event_id in self.seen_events:
-            return True
-        self.seen_events = [*self.seen_events[-(MAX_SEEN_EVENTS - 1):], event_id]
-        return False
 
 
 # --- starting ------------------------------------------------------------------------------------
@@ -324,7 +192,7 @@ def _own_card_attempts(state: JourneyState) -> list[CardAttempt]:
     attempts = state.attempts
     # The private attribute from its own dict: reading it by name goes through pydantic's
     # __getattr__, which costs more than the rest of this check.
-    private = state.__pydantic_private__
+    private = cast("dict[str, Any]", state.__pydantic_private__)
     seen, own = private["_own_card_attempts"] or ([], [])
     if len(seen) > len(attempts) or seen != attempts[: len(seen)]:
         seen, own = [], []
@@ -789,7 +657,7 @@ def _record_attempt(
     if step_id.startswith("prompt"):
         state.prompt_retry_requested_at = None
         state.prompt_retry_reason = None
-    summary = outcome.status
+    summary: str = outcome.status
     if verdict is not None:
         summary = f"declined ({verdict.decline_class.value}: {outcome.decline.decline_code if outcome.decline else None})"
         if verdict.unknown_codes:

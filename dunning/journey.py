@@ -10,7 +10,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from dunning.engine import AttemptRecord, Decision, JourneyState, MessageRecord, TimelineEntry
+from dunning.journey_state import AttemptRecord, Decision, JourneyState, MessageRecord, TimelineEntry
 from dunning.models import Decline, FailedPayment, Frozen, PaymentMethod, Stage
 
 WORKFLOW_NAME = "DunningWorkflow"

@@ -18,10 +18,9 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from dunning.budgets import RetryLimits
 from dunning.durations import Duration
 from dunning.models import Channel, FailedPayment, Frozen
-from dunning.timing import TimingRules
+from dunning.rules import RetryLimits, TimingRules
 
 
 class Action(StrEnum):

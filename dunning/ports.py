@@ -11,7 +11,8 @@ from typing import Literal, Protocol
 
 from pydantic import Field
 
-from dunning.budgets import CardAttempt, RetryLimits
+from dunning.journey_state import CardAttempt
+from dunning.rules import RetryLimits
 from dunning.models import (
     Channel,
     ChargeOutcome,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
@@ -67,6 +67,10 @@ def _aware(value: datetime) -> datetime:
     return value
 
 
+@overload
+def _utc_as_engine(value: datetime) -> datetime: ...
+@overload
+def _utc_as_engine(value: None) -> None: ...
 def _utc_as_engine(value: datetime | None) -> datetime | None:
     """A UTC time with the tzinfo the engine computes in (`timezone.utc`, not pydantic's own):
     datetimes with different tzinfo objects compare ten times slower. Other offsets are kept,

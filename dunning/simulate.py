@@ -35,11 +35,12 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from dunning import engine
-from dunning.budgets import CARD_HISTORY_WINDOW, CardAttempt, RetryLimits, earliest_attempt, violations
-from dunning.engine import Decision, JourneyState
+from dunning.budgets import CARD_HISTORY_WINDOW, earliest_attempt, violations
+from dunning.journey_state import CardAttempt, Decision, JourneyState, MessageStatus
 from dunning.messaging import CAP_7D, CAP_24H, CAP_EXEMPT_TEMPLATES, frequency_capped, next_allowed, recipient, unreachable
 from dunning.models import Channel, ChargeOutcome
 from dunning.policy import Policy, Segment
+from dunning.rules import RetryLimits
 from dunning.scenarios import Behavior, Scenario, ScenarioError, _field_path
 from dunning.timing import customer_zone, in_quiet_hours
 
@@ -286,6 +287,8 @@ class _Cluster:
 
 
 class _Journey:
+    state: JourneyState  # from its first step (`_open`), when the journey reads the ledger
+
     def __init__(self, cluster: _Cluster, scenario: Scenario, order: int, record_events: bool):
         self.cluster = cluster
         self.policy = cluster.policy
@@ -293,7 +296,7 @@ class _Journey:
         self.order = order
         self.payment = scenario.to_failed_payment()
         self.now = self.payment.failed_at
-        self.state: JourneyState | None = None
+        self.opened = False
         self.decision: Decision | None = None
         self.response = scenario.customer_response
         self.response_at: datetime | None = None
@@ -312,7 +315,7 @@ class _Journey:
 
     def next_time(self) -> datetime:
         """When this journey acts next (it then runs `step`)."""
-        if self.state is None:
+        if not self.opened:
             return self.payment.failed_at
         decision = self._decision()
         due = self._response_first(decision)
@@ -337,7 +340,7 @@ class _Journey:
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise RuntimeError(f"journey {self.payment.journey_id} did not end after {MAX_STEPS} steps")
-        if self.state is None:
+        if not self.opened:
             self._open()
             return
         decision = self._decision()
@@ -389,6 +392,7 @@ class _Journey:
                 if a.journey_id != payment.journey_id and a.at >= since
             ]
         self.state = engine.start_journey(self.policy, payment, ledger=ledger)
+        self.opened = True
 
     def _execute(self, decision: Decision) -> None:
         state, policy, now = self.state, self.policy, self.now
@@ -396,12 +400,14 @@ class _Journey:
             case "attempt":
                 self._attempt(decision)
             case "message":
-                status, detail = self._deliver(decision)
+                channel = decision.channel
+                assert channel is not None  # a message decision names its channel
+                status, detail = self._deliver(channel, decision.template)
                 engine.apply_message(policy, state, decision, status, detail, now)
                 if status == "sent":
                     self.delivered += 1
                     if self.events is not None:
-                        self.events.append(Event(now, "message", {"channel": decision.channel.value}))
+                        self.events.append(Event(now, "message", {"channel": channel.value}))
                     if self.response is not None and self.delivered == self.response.after_messages:
                         self.response_at = now + self.response.delay
             case "escalation":
@@ -440,14 +446,13 @@ class _Journey:
             self.events.append(Event(now, "attempt", {"payment_method": method.id, "outcome": _outcome_word(outcome)}))
         engine.apply_attempt(policy, state, decision, outcome, now)
 
-    def _deliver(self, decision: Decision) -> tuple[str, str]:
+    def _deliver(self, channel: Channel, template: str | None) -> tuple[MessageStatus, str]:
         """messaging.send on the outbox: recipient, cross-journey cap, then sent."""
         customer, now = self.payment.customer, self.now
-        channel = decision.channel
         if recipient(customer, channel) is None:
             return "undeliverable", unreachable(customer, channel)
         sent = self.cluster.customer_messages[customer.id]
-        if decision.template not in CAP_EXEMPT_TEMPLATES:
+        if template not in CAP_EXEMPT_TEMPLATES:
             allowed = next_allowed(sent, now, *self.cluster.caps)
             if allowed > now:
                 return "skipped", frequency_capped(customer, allowed)
@@ -456,9 +461,11 @@ class _Journey:
 
     def _customer_acts(self) -> None:
         response, state, policy, now = self.response, self.state, self.policy, self.now
+        assert response is not None  # it is due only when the scenario has one
         self.response_at = None
         fields: dict[str, Any] = {"action": response.action}
         if response.action == "update_payment_method":
+            assert response.new_payment_method is not None  # the scenario's validation requires it
             method = response.new_payment_method.to_payment_method().model_copy(update={"default": True})
             fields["payment_method"] = method.id
             engine.apply_payment_method_updated(policy, state, method, now, SOURCE)
@@ -474,7 +481,8 @@ class _Journey:
     # -- results -----------------------------------------------------------------------------------
 
     def outcome(self) -> JourneyOutcome:
-        state = self.state
+        state, result, ended_at = self.state, self.result, self.ended_at
+        assert result is not None and ended_at is not None, "the journey has not ended"
         messages: dict[str, int] = {}  # sent per channel (a Counter costs more than the counting)
         for message in state.messages:
             if message.status == "sent":
@@ -486,10 +494,10 @@ class _Journey:
             amount=self.payment.amount,
             segment=state.segment,
             variant=state.variant,
-            result=self.result,
+            result=result,
             failed_at=self.payment.failed_at,
-            ended_at=self.ended_at,
-            recovered_at=state.recovered_at if self.result == "recovered" else None,
+            ended_at=ended_at,
+            recovered_at=state.recovered_at if result == "recovered" else None,
             attempts=self.retries,
             messages=messages,
             events=[_event_line(self.scenario.id, e) for e in self.events] if self.events is not None else None,
@@ -799,7 +807,7 @@ class Report:
             self.attempts += journey.attempts
             for channel, count in journey.messages.items():  # as Counter.update, in two thirds of the time
                 self.messages[channel] += count
-            if journey.result == "recovered":
+            if journey.recovered_at is not None:  # set for recovered journeys only
                 self.recovered_amount[journey.currency] += journey.amount
                 self.days_to_recovery.append((journey.recovered_at - journey.failed_at).total_seconds() / DAY)
         if chosen:  # a cluster's violations count once, with the journeys that made them

@@ -12,20 +12,17 @@ import hashlib
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
-from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import holidays
 import phonenumbers
 from phonenumbers import PhoneNumberType
 from phonenumbers import timezone as phone_timezone
-from pydantic import field_validator, model_validator
 
-from dunning.durations import Duration
-from dunning.models import Customer, Frozen, PaymentMethod
+from dunning.models import Customer, PaymentMethod
+from dunning.rules import LAST_BUSINESS_DAY, TimingRules, load_zone
 
 UTC = timezone.utc
-LAST_BUSINESS_DAY = "last_business_day"
 
 # Real UTC offsets stay within about ±15h (historic local mean times included), so this
 # margin around a local wall-clock interval always contains every instant that maps into it.
@@ -40,87 +37,12 @@ _PAYDAY_LOOKBACK = timedelta(days=14)
 _WEEKEND = frozenset({5, 6})
 
 
-def _load_zone(name: str | None) -> ZoneInfo | None:
-    if not name:
-        return None
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
-        return None
-
-
-class TimingRules(Frozen):
-    """The timing part of the ops policy."""
-
-    merchant_timezone: str = "UTC"
-    paydays: tuple[int | Literal["last_business_day"], ...] = (1, 15, LAST_BUSINESS_DAY)
-    retry_hours: tuple[time, time] = (time(9), time(12))
-    business_hours: tuple[time, time] = (time(9), time(17))
-    quiet_hours_end: time = time(8)
-    quiet_hours_start: time = time(21)
-    jitter: Duration = timedelta(minutes=30)
-
-    @field_validator("merchant_timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        if _load_zone(value) is None:
-            raise ValueError(
-                f"unknown time zone {value!r}: use an IANA name such as 'UTC', "
-                "'America/New_York' or 'Europe/Bucharest'"
-            )
-        return value
-
-    @field_validator("paydays")
-    @classmethod
-    def _valid_paydays(cls, value: tuple[int | str, ...]) -> tuple[int | str, ...]:
-        for day in value:
-            if isinstance(day, int) and not 1 <= day <= 31:
-                raise ValueError(
-                    f"payday {day} must be a day of the month (1..31) or 'last_business_day'"
-                )
-        return value
-
-    @field_validator("retry_hours", "business_hours")
-    @classmethod
-    def _ordered_window(cls, value: tuple[time, time]) -> tuple[time, time]:
-        start, end = value
-        if start.tzinfo is not None or end.tzinfo is not None:
-            raise ValueError("hours are local wall-clock times: drop the UTC offset")
-        if not start < end:
-            raise ValueError(f"window start {start} must be before its end {end}")
-        return value
-
-    @field_validator("quiet_hours_end", "quiet_hours_start")
-    @classmethod
-    def _naive_time(cls, value: time) -> time:
-        if value.tzinfo is not None:
-            raise ValueError("quiet hours are local wall-clock times: drop the UTC offset")
-        return value
-
-    @field_validator("jitter")
-    @classmethod
-    def _non_negative(cls, value: timedelta) -> timedelta:
-        if value < timedelta(0):
-            raise ValueError("jitter must not be negative")
-        return value
-
-    @model_validator(mode="after")
-    def _quiet_order(self) -> TimingRules:
-        # Messages are allowed in [quiet_hours_end, quiet_hours_start) on the same local day.
-        if not self.quiet_hours_end < self.quiet_hours_start:
-            raise ValueError(
-                f"quiet_hours_end ({self.quiet_hours_end}) must be before "
-                f"quiet_hours_start ({self.quiet_hours_start})"
-            )
-        return self
-
-
 # --- zones -------------------------------------------------------------------------------
 
 
 def _first_zone(names: tuple[str, ...] | list[str]) -> ZoneInfo | None:
     for name in sorted(names):
-        if name != phone_timezone.UNKNOWN_TIMEZONE and (zone := _load_zone(name)) is not None:
+        if name != phone_timezone.UNKNOWN_TIMEZONE and (zone := load_zone(name)) is not None:
             return zone
     return None
 
@@ -193,7 +115,7 @@ def _resolve_zone(
     method_country: str | None,
     merchant_timezone: str,
 ) -> ZoneInfo:
-    zone = _load_zone(timezone_name)
+    zone = load_zone(timezone_name)
     if zone is None and phone:
         zone = _phone_zone(phone, country)
     if zone is None and method_country:
@@ -201,7 +123,7 @@ def _resolve_zone(
     if zone is None and country:
         zone = _country_zone(country)
     if zone is None:
-        zone = _load_zone(merchant_timezone)
+        zone = load_zone(merchant_timezone)
     if zone is None:
         raise ValueError(f"unknown merchant time zone {merchant_timezone!r}")
     return zone

@@ -16,7 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState, T
 
 with workflow.unsafe.imports_passed_through():
     from dunning import engine, search_attributes
-    from dunning.engine import Decision, JourneyState
+    from dunning.journey_state import Decision, JourneyState
     from dunning.journey import (
         AdoptPolicy,
         JourneyInput,

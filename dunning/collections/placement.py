@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from dunning.engine import JourneyState
+from dunning.journey_state import JourneyState
 from dunning.models import Customer, Frozen
 
 

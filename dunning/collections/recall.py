@@ -11,7 +11,7 @@ from datetime import datetime
 from pydantic_core import to_jsonable_python
 
 from dunning.collections.placement import placement_id_for
-from dunning.engine import TimelineEntry
+from dunning.journey_state import TimelineEntry
 from dunning.models import journey_id_for
 from dunning.store import Store
 

@@ -16,7 +16,7 @@ import pytest
 import stripe
 
 from activities.stripe_gateway import StripeGateway
-from dunning.budgets import RetryLimits
+from dunning.rules import RetryLimits
 from dunning.models import Customer, FailedPayment, PaymentMethod
 from dunning.ports import ChargeRequest, ReconcileRequest
 from tests.activities.localstripe_server import FAILING_CARD, WORKING_CARD, LocalStripe, run_localstripe

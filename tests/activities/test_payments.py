@@ -13,7 +13,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.payments import PERMANENT_PAYMENT_ERROR, PaymentActivities, build_gateway
 from activities.sandbox import SandboxFault, SandboxGateway
-from dunning.budgets import RetryLimits
+from dunning.rules import RetryLimits
 from dunning.config import Settings
 from dunning.declines import classify
 from dunning.models import Decline, PaymentMethod

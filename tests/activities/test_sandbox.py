@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.payments import PERMANENT_PAYMENT_ERROR
 from activities.sandbox import SandboxFault, SandboxGateway
-from dunning.budgets import RetryLimits
+from dunning.rules import RetryLimits
 from dunning.models import FailedPayment, PaymentMethod
 from dunning.policy import Action
 from dunning.ports import ChargeRequest, EscalationRequest, ReconcileRequest
@@ -309,7 +309,7 @@ _CHARGE_SCRIPT = """
 import json, sys
 from datetime import datetime, timedelta
 from activities.sandbox import SandboxGateway
-from dunning.budgets import RetryLimits
+from dunning.rules import RetryLimits
 from dunning.models import PaymentMethod
 from dunning.ports import ChargeRequest
 

@@ -20,7 +20,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.payments import PERMANENT_PAYMENT_ERROR, PaymentActivities, build_gateway
 from activities.stripe_gateway import TRANSIENT_PAYMENT_ERROR, StripeGateway
-from dunning.budgets import RetryLimits
+from dunning.rules import RetryLimits
 from dunning.config import Settings
 from dunning.models import Customer, Decline, FailedPayment, PaymentMethod
 from dunning.policy import Action

@@ -11,12 +11,12 @@ from pydantic import ValidationError
 from dunning.budgets import (
     NETWORK_WINDOWS,
     BudgetDecision,
-    CardAttempt,
     NetworkWindow,
-    RetryLimits,
     earliest_attempt,
     violations,
 )
+from dunning.journey_state import CardAttempt
+from dunning.rules import RetryLimits
 from dunning.models import Decline, PaymentMethod
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dunning import budgets, declines, engine, offline, timing
-from dunning.budgets import CardAttempt, violations
+from dunning.budgets import violations
+from dunning.journey_state import CardAttempt
 from dunning.models import Channel, ChargeOutcome, Decline, FailedPayment, PaymentMethod, Stage
 from dunning.policy import load_policy, parse_policy
 from dunning.timing import customer_zone, in_quiet_hours

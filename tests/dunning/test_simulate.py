@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from dunning import generator, simulate
-from dunning.budgets import CardAttempt, RetryLimits
+from dunning.journey_state import CardAttempt
+from dunning.rules import RetryLimits
 from dunning.models import Decline
 from dunning.policy import load_policy, parse_policy
 from dunning.scenarios import Scenario, ScenarioError

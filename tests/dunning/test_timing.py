@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from dunning.models import Customer, PaymentMethod
 from dunning.timing import (
-    TimingRules,
     customer_zone,
     in_quiet_hours,
     is_business_day,
@@ -19,6 +18,7 @@ from dunning.timing import (
     place_retry,
     valid_phone_number,
 )
+from dunning.rules import TimingRules
 
 UTC = timezone.utc
 NEW_YORK = ZoneInfo("America/New_York")

@@ -1,0 +1,164 @@
+"""What the engine knows about a journey: its state, the records it keeps, and the card ledger's
+entries. Pydantic validates and serializes all of them (workflow payloads, the API, the store).
+
+Kept out of the modules mypyc compiles (Makefile, COMPILED): pydantic cannot build models and
+validated dataclasses from compiled classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from dunning.declines import DeclineClass
+from dunning.models import Channel, Decline, FailedPayment, PaymentMethod, Stage
+from dunning.policy import Action, Step
+
+MAX_SEEN_EVENTS = 200
+
+DecisionKind = Literal["attempt", "message", "escalation", "reconcile", "skip", "wait", "finish"]
+AttemptStatus = Literal["succeeded", "declined", "requires_action", "processing", "error"]
+MessageStatus = Literal["sent", "skipped", "undeliverable", "opted_out"]
+
+
+# The records below are made many times per journey (the simulator makes millions): plain slotted
+# dataclasses cost a fraction of a validated model, and half of a frozen dataclass. Nothing changes
+# a record once made (`dataclasses.replace` makes a new one). Pydantic still validates and
+# serializes them inside JourneyState and the API models.
+_STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass(slots=True, kw_only=True)
+class AttemptRecord:
+    __pydantic_config__ = _STRICT
+
+    number: Annotated[int, Field(description="0 is the failure that started the journey")]
+    at: datetime
+    payment_method_id: str
+    card_key: str
+    brand: str | None = None
+    step_id: str
+    status: AttemptStatus
+    decline: Decline | None = None
+    decline_class: DeclineClass | None = None
+    charge_id: str | None = None
+    reason: str = ""
+
+
+@dataclass(slots=True, kw_only=True)
+class MessageRecord:
+    __pydantic_config__ = _STRICT
+
+    step_id: str
+    channel: Channel
+    at: datetime
+    status: MessageStatus
+    detail: str = ""
+
+
+@dataclass(slots=True, kw_only=True)
+class TimelineEntry:
+    __pydantic_config__ = _STRICT
+
+    at: datetime
+    kind: str
+    text: str
+
+
+@dataclass(slots=True, kw_only=True)
+class Decision:
+    __pydantic_config__ = _STRICT
+
+    kind: DecisionKind
+    at: datetime
+    reason: str
+    step_id: str | None = None
+    payment_method_id: str | None = None
+    attempt_number: int | None = None
+    channel: Channel | None = None
+    template: str | None = None
+    action: Action | None = None
+    coupon: str | None = None
+
+    def describe(self) -> str:
+        target = self.payment_method_id or (self.channel.value if self.channel else None) or (
+            self.action.value if self.action else None
+        )
+        return f"{self.kind} {self.step_id or ''} {target or ''}".replace("  ", " ").strip()
+
+
+class JourneyState(BaseModel):
+    """Everything the engine knows about one journey. Mutated only by the `apply_*` functions."""
+
+    journey_id: str
+    payment: FailedPayment
+    policy_version: str
+    segment: str
+    variant: str | None = None
+    ladder: tuple[Step, ...]
+    stage: Stage = Stage.retrying
+    payment_methods: list[PaymentMethod]
+    attempts: list[AttemptRecord] = []
+    ledger: list[CardAttempt] = []
+    messages: list[MessageRecord] = []
+    steps_done: dict[str, str] = {}
+    recovery_steps_done: dict[str, str] = {}
+    stopped_methods: dict[str, str] = {}
+    unavailable_channels: dict[Channel, str] = {}
+    paused_since: datetime | None = None
+    paused_total: timedelta = timedelta(0)
+    prompt_retry_reason: str | None = None
+    prompt_retry_requested_at: datetime | None = None
+    awaiting_reconcile: int | None = None
+    recovered_at: datetime | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    access_restricted: bool = False
+    timeline: list[TimelineEntry] = []
+    seen_events: list[str] = []
+    _own_card_attempts: tuple[list[AttemptRecord], list[CardAttempt]] | None = PrivateAttr(None)
+
+    @property
+    def decline_class(self) -> DeclineClass | None:
+        for attempt in reversed(self.attempts):
+            if attempt.decline_class is not None:
+                return attempt.decline_class
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return self.ended_at is not None
+
+    @property
+    def ladder_base(self) -> datetime:
+        """Step offsets count from the failure, shifted by the time spent paused (e.g. a dispute)."""
+        return self.payment.failed_at + self.paused_total
+
+    def note(self, at: datetime, kind: str, text: str) -> None:
+        self.timeline.append(TimelineEntry(at=at, kind=kind, text=text))
+
+    def seen(self, event_id: str | None) -> bool:
+        """Remember an event id; True when it was already applied (signals are not de-duplicated)."""
+        if event_id is None:
+            return False
+        if event_id in self.seen_events:
+            return True
+        self.seen_events = [*self.seen_events[-(MAX_SEEN_EVENTS - 1):], event_id]
+        return False
+
+
+@dataclass(slots=True)  # made for every attempt a budget counts: half the cost of a frozen one
+class CardAttempt:
+    """One charge attempt on a card, from this journey or another one (the store's ledger)."""
+
+    at: datetime
+    card_key: str
+    brand: str | None
+    amount: int
+    currency: str
+    journey_id: str
+    payment_method_id: str
+    decline: Decline | None  # None = succeeded or outcome unknown
