@@ -6,9 +6,9 @@ so what ops preview is what customers get. Every decision carries a human-readab
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from dunning.budgets import earliest_attempt
 from dunning.declines import DeclineClass, classify
@@ -16,10 +16,10 @@ from dunning.journey_state import (
     AttemptRecord,
     AttemptStatus,
     CardAttempt,
-    Decision,
     JourneyState,
     MessageRecord,
     MessageStatus,
+    TimelineEntry,
 )
 from dunning.messaging import next_allowed
 from dunning.models import Channel, ChargeOutcome, Decline, FailedPayment, PaymentMethod, Stage
@@ -29,6 +29,40 @@ from dunning.timing import customer_zone, next_message_time, place_retry
 RECONCILE_DELAY = timedelta(minutes=30)
 PROMPT_RETRY_DELAY = timedelta(minutes=5)
 WHOLE_DAY = (time(0, 0), time(23, 59, 59))  # prompt retries on cards need not wait for retry hours
+
+DecisionKind = Literal["attempt", "message", "escalation", "reconcile", "skip", "wait", "finish"]
+
+
+@dataclass(slots=True, kw_only=True)
+class Decision:
+    """The single next thing to do and when (never validated by pydantic: a compiled class)."""
+
+    kind: DecisionKind
+    at: datetime
+    reason: str
+    step_id: str | None = None
+    payment_method_id: str | None = None
+    attempt_number: int | None = None
+    channel: Channel | None = None
+    template: str | None = None
+    action: Action | None = None
+    coupon: str | None = None
+
+    def describe(self) -> str:
+        target = self.payment_method_id or (self.channel.value if self.channel else None) or (
+            self.action.value if self.action else None
+        )
+        return f"{self.kind} {self.step_id or ''} {target or ''}".replace("  ", " ").strip()
+
+
+def note(state: JourneyState, at: datetime, kind: str, text: str) -> None:
+    """Add a line to the journey's timeline (what ops read in `journeys show`)."""
+    state.timeline.append(TimelineEntry(at=at, kind=kind, text=text))
+
+
+def _ladder_base(state: JourneyState) -> datetime:
+    """Step offsets count from the failure, shifted by the time spent paused (e.g. a dispute)."""
+    return state.payment.failed_at + state.paused_total
 
 
 # --- starting ------------------------------------------------------------------------------------
@@ -69,7 +103,7 @@ def start_journey(
     for channel in payment.opted_out:
         state.unavailable_channels[channel] = "opted out"
     segment_text = f"segment {ladder.segment}" + (f", variant {ladder.variant}" if ladder.variant else "")
-    state.note(payment.failed_at, "started", f"payment failed; policy {state.policy_version}, {segment_text}")
+    note(state, payment.failed_at, "started", f"payment failed; policy {state.policy_version}, {segment_text}")
     if initial_method is not None:
         _record_attempt(
             state,
@@ -136,7 +170,7 @@ def next_decision(policy: Policy, state: JourneyState, now: datetime) -> Decisio
             break
     else:  # unreachable for validated policies: the last step always ends the journey
         return Decision(kind="finish", at=now, reason="ladder exhausted")
-    window_start = state.ladder_base + step.at
+    window_start = _ladder_base(state) + step.at
     window_end = window_start + step.window
     if step.action is Action.retry:
         return _plan_retry(policy, state, now, step, window_start, window_end)
@@ -194,7 +228,8 @@ def _own_card_attempts(state: JourneyState) -> list[CardAttempt]:
     # __getattr__, which costs more than the rest of this check.
     private = cast("dict[str, Any]", state.__pydantic_private__)
     seen, own = private["_own_card_attempts"] or ([], [])
-    if len(seen) > len(attempts) or seen != attempts[: len(seen)]:
+    # Identity, not equality: comparing records compares their declines, pydantic models, slowly.
+    if len(seen) > len(attempts) or any(old is not new for old, new in zip(seen, attempts)):
         seen, own = [], []
     if len(seen) == len(attempts):
         return own
@@ -303,7 +338,7 @@ def _plan_prompt_retry(policy: Policy, state: JourneyState, now: datetime) -> De
             else policy.timing,
             jitter_key=f"{state.journey_id}:prompt:{len(state.attempts)}",
         )
-        if at is None or at > state.ladder_base + policy.window:
+        if at is None or at > _ladder_base(state) + policy.window:
             continue
         return Decision(
             kind="attempt",
@@ -466,7 +501,7 @@ def apply_charge_refused(policy: Policy, state: JourneyState, decision: Decision
         )
     )
     _finish_planned_step(state, decision)
-    state.note(at, "attempt", f"attempt {decision.attempt_number} on {method.id} refused by the gateway: {error}")
+    note(state, at, "attempt", f"attempt {decision.attempt_number} on {method.id} refused by the gateway: {error}")
     _refresh_stage(policy, state, at)
 
 
@@ -478,7 +513,7 @@ def apply_budget_denied(
     state.ledger.extend(
         e for e in ledger if e.journey_id != state.journey_id and (e.journey_id, e.at) not in known
     )
-    state.note(at, "budget", f"attempt on {decision.payment_method_id} deferred: other journeys used this card's network budget")
+    note(state, at, "budget", f"attempt on {decision.payment_method_id} deferred: other journeys used this card's network budget")
     _refresh_stage(policy, state, at)
 
 
@@ -494,7 +529,7 @@ def apply_reconciled(policy: Policy, state: JourneyState, outcome: ChargeOutcome
         decline_class=verdict.decline_class if verdict else None,
         charge_id=outcome.charge_id or previous.charge_id,
     )
-    state.note(at, "reconciled", f"attempt {number} read back: {outcome.status}")
+    note(state, at, "reconciled", f"attempt {number} read back: {outcome.status}")
     if outcome.status != "processing":
         state.awaiting_reconcile = None
     if verdict is not None and verdict.stop_method:
@@ -512,7 +547,7 @@ def apply_message(
         MessageRecord(step_id=decision.step_id, channel=decision.channel, at=at, status=status, detail=detail)
     )
     text = f"{decision.channel.value} {decision.template or ''} ({decision.step_id}): {status}"
-    state.note(at, "message", text + (f" — {detail}" if detail else ""))
+    note(state, at, "message", text + (f" — {detail}" if detail else ""))
     if status in ("undeliverable", "opted_out"):
         state.unavailable_channels[decision.channel] = detail or status
     recovery = state.stage is Stage.recovered
@@ -535,7 +570,7 @@ def apply_skip(policy: Policy, state: JourneyState, decision: Decision, at: date
         recovery = state.stage is Stage.recovered
         (state.recovery_steps_done if recovery else state.steps_done)[decision.step_id] = "skipped"
     if decision.reason != "all channels handled":
-        state.note(at, "skipped", f"{decision.step_id}: {decision.reason}")
+        note(state, at, "skipped", f"{decision.step_id}: {decision.reason}")
     _refresh_stage(policy, state, at)
 
 
@@ -545,7 +580,7 @@ def apply_escalation(policy: Policy, state: JourneyState, decision: Decision, at
         state.recovery_steps_done[decision.step_id or ""] = "done"
     else:
         state.steps_done[decision.step_id or ""] = "done"
-    state.note(at, "escalation", f"{action.value if action else ''} ({decision.step_id}): {decision.reason}")
+    note(state, at, "escalation", f"{action.value if action else ''} ({decision.step_id}): {decision.reason}")
     if action is Action.restrict_access:
         state.access_restricted = True
     elif action is Action.reactivate:
@@ -563,7 +598,7 @@ def apply_escalation(policy: Policy, state: JourneyState, decision: Decision, at
 
 def apply_payment_succeeded(policy: Policy, state: JourneyState, at: datetime, source: str) -> bool:
     if state.stage.terminal:
-        state.note(at, "ignored", f"payment succeeded ({source}) after the journey ended as {state.stage.value}")
+        note(state, at, "ignored", f"payment succeeded ({source}) after the journey ended as {state.stage.value}")
         return False
     _recover(state, at, f"paid out of band ({source})")
     return True
@@ -578,20 +613,20 @@ def apply_payment_method_updated(
     state.stopped_methods.pop(method.id, None)
     state.prompt_retry_requested_at = at
     state.prompt_retry_reason = f"payment method {method.id} updated ({source})"
-    state.note(at, "payment_method", f"{method.id} ({method.brand or method.type}) added/updated via {source}; prompt retry planned")
+    note(state, at, "payment_method", f"{method.id} ({method.brand or method.type}) added/updated via {source}; prompt retry planned")
     _refresh_stage(policy, state, at)
 
 
 def apply_retry_now(policy: Policy, state: JourneyState, at: datetime, reason: str) -> None:
     state.prompt_retry_requested_at = at
     state.prompt_retry_reason = f"retry requested by ops: {reason}"
-    state.note(at, "ops", f"retry now requested: {reason}")
+    note(state, at, "ops", f"retry now requested: {reason}")
 
 
 def apply_pause(policy: Policy, state: JourneyState, at: datetime, reason: str) -> None:
     if state.paused_since is None and not state.stage.terminal:
         state.paused_since = at
-        state.note(at, "paused", reason)
+        note(state, at, "paused", reason)
         _refresh_stage(policy, state, at)
 
 
@@ -599,7 +634,7 @@ def apply_resume(policy: Policy, state: JourneyState, at: datetime, reason: str)
     if state.paused_since is not None:
         state.paused_total += at - state.paused_since
         state.paused_since = None
-        state.note(at, "resumed", f"{reason}; the remaining steps move later by the time paused")
+        note(state, at, "resumed", f"{reason}; the remaining steps move later by the time paused")
         _refresh_stage(policy, state, at)
 
 
@@ -609,7 +644,7 @@ def apply_cancel(policy: Policy, state: JourneyState, at: datetime, reason: str)
     state.stage = Stage.cancelled
     state.ended_at = at
     state.end_reason = reason
-    state.note(at, "cancelled", reason)
+    note(state, at, "cancelled", reason)
 
 
 def apply_policy_change(state: JourneyState, policy: Policy, at: datetime, reason: str) -> None:
@@ -618,7 +653,7 @@ def apply_policy_change(state: JourneyState, policy: Policy, at: datetime, reaso
     previous = state.policy_version
     state.policy_version = policy.version or policy.name
     state.segment, state.variant, state.ladder = ladder.segment, ladder.variant, ladder.steps
-    state.note(at, "policy", f"moved from {previous} to {state.policy_version}: {reason}")
+    note(state, at, "policy", f"moved from {previous} to {state.policy_version}: {reason}")
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -669,7 +704,7 @@ def _record_attempt(
         state.stopped_methods[method.id] = "the customer must authenticate this payment"
     if outcome.status == "processing":
         state.awaiting_reconcile = number
-    state.note(at, "attempt", f"attempt {number} on {method.id}: {summary}")
+    note(state, at, "attempt", f"attempt {number} on {method.id}: {summary}")
 
 
 def _finish_planned_step(state: JourneyState, decision: Decision) -> None:
@@ -683,7 +718,7 @@ def _recover(state: JourneyState, at: datetime, text: str) -> None:
     state.awaiting_reconcile = None
     state.prompt_retry_requested_at = None
     state.end_reason = text
-    state.note(at, "recovered", text)
+    note(state, at, "recovered", text)
 
 
 def _method(state: JourneyState, method_id: str | None) -> PaymentMethod:

@@ -10,7 +10,8 @@ from datetime import datetime
 
 from pydantic import Field
 
-from dunning.journey_state import AttemptRecord, Decision, JourneyState, MessageRecord, TimelineEntry
+from dunning.journey_state import AttemptRecord, JourneyState, MessageRecord, TimelineEntry
+from dunning.engine import Decision
 from dunning.models import Decline, FailedPayment, Frozen, PaymentMethod, Stage
 
 WORKFLOW_NAME = "DunningWorkflow"

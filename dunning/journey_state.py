@@ -15,11 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from dunning.declines import DeclineClass
 from dunning.models import Channel, Decline, FailedPayment, PaymentMethod, Stage
-from dunning.policy import Action, Step
+from dunning.policy import Step
 
 MAX_SEEN_EVENTS = 200
 
-DecisionKind = Literal["attempt", "message", "escalation", "reconcile", "skip", "wait", "finish"]
 AttemptStatus = Literal["succeeded", "declined", "requires_action", "processing", "error"]
 MessageStatus = Literal["sent", "skipped", "undeliverable", "opted_out"]
 
@@ -68,28 +67,6 @@ class TimelineEntry:
     text: str
 
 
-@dataclass(slots=True, kw_only=True)
-class Decision:
-    __pydantic_config__ = _STRICT
-
-    kind: DecisionKind
-    at: datetime
-    reason: str
-    step_id: str | None = None
-    payment_method_id: str | None = None
-    attempt_number: int | None = None
-    channel: Channel | None = None
-    template: str | None = None
-    action: Action | None = None
-    coupon: str | None = None
-
-    def describe(self) -> str:
-        target = self.payment_method_id or (self.channel.value if self.channel else None) or (
-            self.action.value if self.action else None
-        )
-        return f"{self.kind} {self.step_id or ''} {target or ''}".replace("  ", " ").strip()
-
-
 class JourneyState(BaseModel):
     """Everything the engine knows about one journey. Mutated only by the `apply_*` functions."""
 
@@ -131,14 +108,6 @@ class JourneyState(BaseModel):
     @property
     def finished(self) -> bool:
         return self.ended_at is not None
-
-    @property
-    def ladder_base(self) -> datetime:
-        """Step offsets count from the failure, shifted by the time spent paused (e.g. a dispute)."""
-        return self.payment.failed_at + self.paused_total
-
-    def note(self, at: datetime, kind: str, text: str) -> None:
-        self.timeline.append(TimelineEntry(at=at, kind=kind, text=text))
 
     def seen(self, event_id: str | None) -> bool:
         """Remember an event id; True when it was already applied (signals are not de-duplicated)."""

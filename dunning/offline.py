@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dunning import engine
-from dunning.journey_state import Decision, JourneyState, MessageStatus
+from dunning.journey_state import JourneyState, MessageStatus
+from dunning.engine import Decision
 from dunning.models import ChargeOutcome, FailedPayment, PaymentMethod
 from dunning.policy import Policy
 

@@ -16,7 +16,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState, T
 
 with workflow.unsafe.imports_passed_through():
     from dunning import engine, search_attributes
-    from dunning.journey_state import Decision, JourneyState
+    from dunning.journey_state import JourneyState
+    from dunning.engine import Decision
     from dunning.journey import (
         AdoptPolicy,
         JourneyInput,
@@ -342,7 +343,7 @@ class DunningWorkflow:
         state, policy, now = self._state, self._policy, workflow.now()
         match kind:
             case "payment_failed":
-                state.note(now, "payment_failed", f"the payment failed again outside the engine ({event.decline.decline_code or 'no code'})")
+                engine.note(state, now, "payment_failed", f"the payment failed again outside the engine ({event.decline.decline_code or 'no code'})")
             case "payment_succeeded":
                 engine.apply_payment_succeeded(policy, state, event.at or now, event.source)
             case "payment_method_updated":
