@@ -5,7 +5,8 @@
     .venv/bin/python bench/simulate.py --profile 2000   # cProfile of 2,000 journeys in one process
 
 The figure is simulation only (reading, validating, simulating, checking rules, reporting);
-generating the file is timed separately.
+generating the file is timed separately. cProfile sees only Python code: the modules `make install`
+compiles show up as single built-in calls (after `make clean` the profile covers their source).
 """
 
 from __future__ import annotations
