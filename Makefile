@@ -89,7 +89,7 @@ chaos: install ## Chaos suite: N journeys (make chaos N=30), worker kills, serve
 
 clean: ## Remove build and test caches and the compiled modules (keeps .venv and data)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
-	rm -rf build dist *.egg-info .pytest_cache .hypothesis *.so dunning/*.so $(COMPILED_STAMP)
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis dunning/*.so $(COMPILED_STAMP)
 
 reset-data: ## Delete the data dir (Temporal history, store, logs); stop the stack first
 	rm -rf -- '$(DATA_DIR)'

@@ -36,8 +36,8 @@ from pydantic_core import from_json
 
 from dunning import engine
 from dunning.budgets import CARD_HISTORY_WINDOW, earliest_attempt, violations
-from dunning.journey_state import CardAttempt, JourneyState, MessageStatus
 from dunning.engine import Decision
+from dunning.journey_state import CardAttempt, JourneyState, MessageStatus
 from dunning.messaging import CAP_7D, CAP_24H, CAP_EXEMPT_TEMPLATES, frequency_capped, next_allowed, recipient, unreachable
 from dunning.models import Channel, ChargeOutcome
 from dunning.policy import Policy, Segment
