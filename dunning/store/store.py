@@ -655,7 +655,9 @@ class Store:
             inserted = session.execute(
                 self._insert(Export)
                 .values(export_id=export_id, business_date=business_date, created_at=at, files=[], manifest={})
-                .on_conflict_do_nothing(index_elements=[Export.business_date])
+                # Any unique conflict: a concurrent first build of the date may trip the export id's
+                # primary key before the business date's index (PostgreSQL checks them in turn).
+                .on_conflict_do_nothing()
                 .returning(Export.export_id)
             ).scalar_one_or_none()
             if inserted is not None:

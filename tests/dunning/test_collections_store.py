@@ -71,21 +71,26 @@ def test_batch_membership_is_fixed_at_the_first_build(store: Store) -> None:
 
 
 def test_concurrent_first_builds_of_one_date_agree(store: Store) -> None:
-    for n in range(5):
-        store.create_placement(placement(f"in_{n}", at=T0 + timedelta(minutes=n)))
-    results: list = []
-    barrier = threading.Barrier(4)
+    # Many dates, each built by several threads at once: on PostgreSQL the losers of a race trip
+    # either the export id's key or the date's index first, and neither may fail the build.
+    for day_number in range(30):
+        day = D1 + timedelta(days=day_number)
+        for n in range(3):
+            store.create_placement(placement(f"in_{day_number}_{n}", at=T0 + timedelta(days=day_number, minutes=n)))
+        results: list = []
+        barrier = threading.Barrier(6)
 
-    def build() -> None:
-        barrier.wait(timeout=10)
-        results.append(claim(store, D1)[1])
+        def build() -> None:
+            barrier.wait(timeout=10)
+            results.append(claim(store, day)[1])
 
-    threads = [threading.Thread(target=build) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert len(results) == 4 and all(r == [f"in_{n}" for n in range(5)] for r in results)
+        threads = [threading.Thread(target=build) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        expected = [f"in_{day_number}_{n}" for n in range(3)]
+        assert len(results) == 6 and all(r == expected for r in results), f"{day}: {results}"
 
 
 def test_a_recall_is_in_the_next_batch_once(store: Store) -> None:
