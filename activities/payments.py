@@ -16,9 +16,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dunning.budgets import earliest_attempt
-from dunning.journey_state import CardAttempt
-from dunning.rules import RetryLimits
 from dunning.declines import classify
+from dunning.journey_state import CardAttempt
 from dunning.models import ChargeOutcome, Decline, FailedPayment
 from dunning.ports import (
     COLLECTION_CONTEXT_ACTIVITY,
@@ -29,6 +28,7 @@ from dunning.ports import (
     PaymentGateway,
     ReconcileRequest,
 )
+from dunning.rules import RetryLimits
 from dunning.store import CardAttemptRecord, RecordNotFound, Store
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -280,32 +280,22 @@ def violations(attempts: Sequence[CardAttempt], limits: RetryLimits) -> list[str
             earlier_declines[later.card_key].append((later, later.decline, verdict))
 
     brands = [normalize_brand(a.brand) for a in ordered]
-
-    def windows(
-        rule: str, group: Callable[[CardAttempt], object], brand: str, cap: int, length: timedelta
-    ) -> None:
-        if brands.count(brand) <= cap:  # too few attempts of this brand to break it anywhere
-            return
+    for rule in NETWORK_WINDOWS:
+        cap = rule.cap(limits)
+        if brands.count(rule.brand) <= cap:  # too few attempts of this brand to break it anywhere
+            continue
         groups: dict[object, list[datetime]] = defaultdict(list)
-        for a, attempt_brand in zip(ordered, brands):
-            if attempt_brand == brand:
-                groups[group(a)].append(a.at)
-        for key, times in groups.items():
+        for a, brand in zip(ordered, brands):
+            if brand == rule.brand:
+                key = (a.card_key, a.amount, a.currency.lower()) if rule.per_amount else a.card_key
+                groups[key].append(a.at)
+        for group, times in groups.items():
             for start in range(len(times) - cap):
-                if times[start + cap] - times[start] < length:
+                if times[start + cap] - times[start] < rule.length:
                     found.append(
-                        f"{rule} broken for {key}: {cap + 1} attempts from "
+                        f"{rule.name} broken for {group}: {cap + 1} attempts from "
                         f"{times[start].isoformat()} to {times[start + cap].isoformat()}"
                     )
-
-    def per_amount(a: CardAttempt) -> object:
-        return (a.card_key, a.amount, a.currency.lower())
-
-    def per_card(a: CardAttempt) -> object:
-        return a.card_key
-
-    for rule in NETWORK_WINDOWS:
-        windows(rule.name, per_amount if rule.per_amount else per_card, rule.brand, rule.cap(limits), rule.length)
 
     per_method: dict[tuple[str, str], int] = defaultdict(int)
     per_journey: dict[str, int] = defaultdict(int)
