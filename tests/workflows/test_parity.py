@@ -20,6 +20,7 @@ from dunning import generator, simulate
 from dunning.journey import JourneyStatus, NextAction, OpsAction, PaymentMethodUpdated, PaymentSucceeded
 from dunning.policy import parse_policy
 from dunning.scenarios import Scenario
+from dunning.timing import customer_zone
 
 UTC = timezone.utc
 ACTIVITY_LATENCY = timedelta(seconds=5)
@@ -101,7 +102,15 @@ def pick_scenarios(start: datetime) -> list[Scenario]:
     scenarios: list[Scenario] = []
     for index, group in enumerate(chosen):
         # failures spread over two days (every local time of day); a group keeps its spacing
-        delta = start + timedelta(minutes=5 + index * 131) - datetime.fromisoformat(group[0]["failed_at"].replace("Z", "+00:00"))
+        failed = datetime.fromisoformat(group[0]["failed_at"].replace("Z", "+00:00"))
+        delta = start + timedelta(minutes=5 + index * 131) - failed
+        if len(group) > 1:
+            # One customer's journeys failing in the same night all message her when her quiet
+            # hours end, at one moment: which of them the frequency cap lets through is then a
+            # race between the workflows, which no simulator can predict. Fail them in her day.
+            zone = customer_zone(Scenario.model_validate(group[0]).customer, None, "UTC")
+            while not 9 <= (failed + delta).astimezone(zone).hour < 17:
+                delta += timedelta(hours=1)
         scenarios.extend(Scenario.model_validate(_shift(d, delta)) for d in group)
     return scenarios
 
