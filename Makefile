@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # The engine's pure hot path, compiled by mypyc into extension modules beside the sources (the
 # simulator runs about a third faster: README, Speed). Recompiled whenever one of them changes;
 # dunning/__init__.py refuses a module whose source is newer than its compiled build.
-COMPILED := dunning/budgets.py dunning/declines.py dunning/engine.py dunning/messaging.py dunning/simulate.py dunning/timing.py
+COMPILED := dunning/budgets.py dunning/declines.py dunning/engine.py dunning/enums.py dunning/messaging.py dunning/simulate.py dunning/timing.py
 COMPILED_STAMP := $(VENV)/.compiled
 DATA_DIR := $(or $(DUNNING_DATA_DIR),data)
 PYTEST_ARGS ?=

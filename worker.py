@@ -19,7 +19,7 @@ from dunning import redaction
 from dunning.api.metrics import install_worker_metrics
 from dunning.collections import CollectionsConfig
 from dunning.config import TASK_QUEUE, Settings, get_settings
-from dunning.models import Channel
+from dunning.enums import Channel
 from dunning.policies import publish_configured_policy
 from dunning.ports import MessageSender, PaymentGateway
 from dunning.store import Store

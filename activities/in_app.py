@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from activities.messaging import message_record, parse_retry_after, provider_error, rejected, throttled
-from dunning.models import Channel
+from dunning.enums import Channel
 from dunning.ports import MessageRequest, MessageResult, RenderedMessage
 from dunning.store import Store
 

@@ -8,9 +8,10 @@ from pydantic_core import to_jsonable_python
 from temporalio import activity
 
 from activities.payments import counted_attempts, to_card_attempt
+from dunning.enums import Channel, Stage
 from dunning.journey_state import CardAttempt
 from dunning.journey import JourneyStatus
-from dunning.models import Channel, Decline, Frozen, PaymentMethod, Stage
+from dunning.models import Decline, Frozen, PaymentMethod
 from dunning.policy import Policy, parse_policy
 from dunning.ports import JourneyContext, idempotency_key
 from dunning.store import Store

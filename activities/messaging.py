@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from dunning.enums import Channel
 from dunning.messaging import (
     CAP_7D,
     CAP_EXEMPT_TEMPLATES,
@@ -49,7 +50,6 @@ from dunning.messaging import (
     recipient,
     unreachable,
 )
-from dunning.models import Channel
 from dunning.policy import parse_policy
 from dunning.ports import MessageRequest, MessageResult, MessageSender, RenderedMessage
 from dunning.rendering import TemplateMissing, render, resolve_locale, unsubscribe_secret, unsubscribe_url

@@ -10,8 +10,8 @@ import logging
 import sys
 from typing import TextIO
 
+from dunning.enums import Channel
 from dunning.messaging import recipient
-from dunning.models import Channel
 from dunning.ports import MessageRequest, MessageResult, RenderedMessage
 from dunning.store import Store
 

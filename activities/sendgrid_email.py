@@ -27,8 +27,8 @@ from activities.messaging import (
     rejected,
     throttled,
 )
+from dunning.enums import Channel
 from dunning.messaging import recipient, unreachable
-from dunning.models import Channel
 from dunning.ports import MessageRequest, MessageResult, RenderedMessage
 from dunning.rendering import unsubscribe_secret, unsubscribe_url
 

@@ -26,8 +26,8 @@ import stripe
 from temporalio.exceptions import ApplicationError
 
 from activities.payments import permanent_error
+from dunning.enums import Action
 from dunning.models import ChargeOutcome, Customer, Decline, FailedPayment
-from dunning.policy import Action
 from dunning.ports import ChargeRequest, CollectionContext, EscalationRequest, ReconcileRequest
 from dunning.stripe_events import id_of, payment_method_from, subscription_of
 

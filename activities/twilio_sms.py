@@ -19,8 +19,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from activities.messaging import parse_retry_after, provider_error, rejected, throttled
+from dunning.enums import Channel
 from dunning.messaging import recipient, unreachable
-from dunning.models import Channel
 from dunning.ports import MessageRequest, MessageResult, RenderedMessage
 
 logger = logging.getLogger(__name__)

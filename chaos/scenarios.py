@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dunning.durations import parse_duration
+from dunning.enums import Action
 from dunning.models import journey_id_for
-from dunning.policy import Action, Policy, load_policy
+from dunning.policy import Policy, load_policy
 from dunning.scenarios import Scenario
 
 # Short journeys first, the longest (hand-off: charged on every retry step) last, so that charges

@@ -52,11 +52,16 @@ CARD_HISTORY_WINDOW = timedelta(days=31)
 _by_time = attrgetter("at")
 
 
-@dataclass(slots=True)
 class BudgetDecision:
-    # Earliest time >= not_before when a new attempt respects every rule; None = never on this card.
-    allowed_at: datetime | None
-    reasons: tuple[str, ...]  # why: each rule that moved or blocked it, readable by ops
+    """A plain class: mypyc compiles its `__init__` (a dataclass's is interpreted)."""
+
+    def __init__(self, allowed_at: datetime | None, reasons: tuple[str, ...]) -> None:
+        # Earliest time >= not_before when a new attempt respects every rule; None = never on this card.
+        self.allowed_at = allowed_at
+        self.reasons = reasons  # why: each rule that moved or blocked it, readable by ops
+
+    def __repr__(self) -> str:
+        return f"BudgetDecision({self.allowed_at!r}, {self.reasons!r})"
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,21 @@
 
 No I/O and no clock: the workflow, `policy explain` and the simulator all drive the same functions,
 so what ops preview is what customers get. Every decision carries a human-readable reason.
+
+`make install` compiles this module (mypyc). Its code reads the models' fields rather than their
+properties (`ended_at`, not `finished`; `stage in TERMINAL_STAGES`, not `stage.terminal`) and
+formats enums as strings rather than reading `.value`: each of those is an interpreted call.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, time, timedelta
 from typing import Any, Literal, cast
 
 from dunning.budgets import earliest_attempt
 from dunning.declines import DeclineClass, classify
+from dunning.enums import TERMINAL_STAGES, Action, Channel, Stage
 from dunning.journey_state import (
     AttemptRecord,
     AttemptStatus,
@@ -22,9 +27,9 @@ from dunning.journey_state import (
     TimelineEntry,
 )
 from dunning.messaging import next_allowed
-from dunning.models import Channel, ChargeOutcome, Decline, FailedPayment, PaymentMethod, Stage
-from dunning.policy import Action, Policy, Step
-from dunning.timing import customer_zone, next_message_time, place_retry
+from dunning.models import ChargeOutcome, Decline, FailedPayment, PaymentMethod
+from dunning.policy import Policy, Step
+from dunning.timing import customer_zone, is_bank_debit, next_message_time, place_retry
 
 RECONCILE_DELAY = timedelta(minutes=30)
 PROMPT_RETRY_DELAY = timedelta(minutes=5)
@@ -33,31 +38,46 @@ WHOLE_DAY = (time(0, 0), time(23, 59, 59))  # prompt retries on cards need not w
 DecisionKind = Literal["attempt", "message", "escalation", "reconcile", "skip", "wait", "finish"]
 
 
-@dataclass(slots=True, kw_only=True)
 class Decision:
-    """The single next thing to do and when (never validated by pydantic: a compiled class)."""
+    """The single next thing to do and when.
 
-    kind: DecisionKind
-    at: datetime
-    reason: str
-    step_id: str | None = None
-    payment_method_id: str | None = None
-    attempt_number: int | None = None
-    channel: Channel | None = None
-    template: str | None = None
-    action: Action | None = None
-    coupon: str | None = None
+    A plain class, not a dataclass: mypyc compiles this `__init__`, while a dataclass's is made
+    at import time and interpreted (four times the cost, and the engine makes one per step).
+    """
 
-    def describe(self) -> str:
-        target = self.payment_method_id or (self.channel.value if self.channel else None) or (
-            self.action.value if self.action else None
-        )
-        return f"{self.kind} {self.step_id or ''} {target or ''}".replace("  ", " ").strip()
+    def __init__(
+        self,
+        *,
+        kind: DecisionKind,
+        at: datetime,
+        reason: str,
+        step_id: str | None = None,
+        payment_method_id: str | None = None,
+        attempt_number: int | None = None,
+        channel: Channel | None = None,
+        template: str | None = None,
+        action: Action | None = None,
+        coupon: str | None = None,
+    ) -> None:
+        self.kind: DecisionKind = kind
+        self.at = at
+        self.reason = reason
+        self.step_id = step_id
+        self.payment_method_id = payment_method_id
+        self.attempt_number = attempt_number
+        self.channel = channel
+        self.template = template
+        self.action = action
+        self.coupon = coupon
+
+    def __repr__(self) -> str:  # for test failures and debugging; the timeline has the reason
+        target = self.payment_method_id or self.channel or self.action or ""
+        return f"Decision({self.kind} {self.step_id or ''} {target} at {self.at.isoformat()}: {self.reason})"
 
 
 def note(state: JourneyState, at: datetime, kind: str, text: str) -> None:
     """Add a line to the journey's timeline (what ops read in `journeys show`)."""
-    state.timeline.append(TimelineEntry(at=at, kind=kind, text=text))
+    state.timeline.append(TimelineEntry(at, kind, text))
 
 
 def _ladder_base(state: JourneyState) -> datetime:
@@ -86,16 +106,17 @@ def start_journey(
     initial_method = _initial_method(payment)
     if initial_method is not None and all(m.id != initial_method.id for m in methods):
         methods.append(initial_method)
+    journey_id = payment.journey_id
     # Every part is already a validated model: skip re-validating them.
     given = dict(
-        journey_id=payment.journey_id,
+        journey_id=journey_id,
         payment=payment,
         policy_version=policy.version or policy.name,
         segment=ladder.segment,
         variant=ladder.variant,
         ladder=ladder.steps,
         payment_methods=methods,
-        ledger=[entry for entry in (ledger or []) if entry.journey_id != payment.journey_id],
+        ledger=[entry for entry in (ledger or []) if entry.journey_id != journey_id],
         unavailable_channels=_missing_contacts(payment),
     )
     fresh = {name: make() for name, make in _FRESH_DEFAULTS.items()}
@@ -143,12 +164,13 @@ def _missing_contacts(payment: FailedPayment) -> dict[Channel, str]:
 
 def next_decision(policy: Policy, state: JourneyState, now: datetime) -> Decision:
     """The single next thing to do and when. The caller waits until `at` (or a signal) and applies it."""
-    if state.finished:
-        return Decision(kind="finish", at=now, reason=state.end_reason or state.stage.value)
-    if state.stage is Stage.recovered:
+    stage = state.stage
+    if state.ended_at is not None:  # finished
+        return Decision(kind="finish", at=now, reason=state.end_reason or str(stage))
+    if stage is Stage.recovered:
         return _plan_recovery(policy, state, now)
-    if state.stage.terminal:
-        return Decision(kind="finish", at=now, reason=state.end_reason or state.stage.value)
+    if stage in TERMINAL_STAGES:
+        return Decision(kind="finish", at=now, reason=state.end_reason or str(stage))
     if state.paused_since is not None:
         return Decision(kind="wait", at=now, reason="paused: waiting for resume")
     if state.awaiting_reconcile is not None:
@@ -202,7 +224,14 @@ def usable_methods(policy: Policy, state: JourneyState, now: datetime) -> list[P
 
 
 def _usable(method: PaymentMethod, state: JourneyState, now: datetime) -> bool:
-    return method.id not in state.stopped_methods and not method.expired_at(now)
+    return method.id not in state.stopped_methods and not expired(method, now)
+
+
+def expired(method: PaymentMethod, now: datetime) -> bool:
+    """Past the end of its expiry month (methods without an expiry date never expire)."""
+    if method.exp_month is None or method.exp_year is None:
+        return False
+    return (now.year, now.month) > (method.exp_year, method.exp_month)
 
 
 def _cycled(methods: list[PaymentMethod], state: JourneyState) -> list[PaymentMethod]:
@@ -235,16 +264,7 @@ def _own_card_attempts(state: JourneyState) -> list[CardAttempt]:
         return own
     amount, currency, journey_id = state.payment.amount, state.payment.currency, state.journey_id
     own = own + [
-        CardAttempt(
-            at=a.at,
-            card_key=a.card_key,
-            brand=a.brand,
-            amount=amount,
-            currency=currency,
-            journey_id=journey_id,
-            payment_method_id=a.payment_method_id,
-            decline=a.decline,
-        )
+        CardAttempt(a.at, a.card_key, a.brand, amount, currency, journey_id, a.payment_method_id, a.decline)
         for a in attempts[len(seen):]
         if a.status != "error"  # refused before reaching the card network
     ]
@@ -253,10 +273,9 @@ def _own_card_attempts(state: JourneyState) -> list[CardAttempt]:
 
 
 def _budget(policy: Policy, state: JourneyState, method: PaymentMethod, not_before: datetime):
-    # this card across journeys (network limits) plus this journey on every card (the journey cap)
-    card_key = method.card_key
-    # other journeys' attempts on these cards come from the store's ledger
-    history = [*_own_card_attempts(state), *(h for h in state.ledger if h.card_key == card_key)]
+    # This journey on every card (the journey cap) plus other journeys' attempts from the store's
+    # ledger; `earliest_attempt` keeps the ones on this card for the network limits.
+    history = [*_own_card_attempts(state), *state.ledger]
     return earliest_attempt(
         card=method,
         amount=state.payment.amount,
@@ -334,7 +353,7 @@ def _plan_prompt_retry(policy: Policy, state: JourneyState, now: datetime) -> De
             payment_method=method,
             prefer_payday=False,
             rules=policy.timing.model_copy(update={"retry_hours": WHOLE_DAY})
-            if not method.is_bank_debit
+            if not is_bank_debit(method)
             else policy.timing,
             jitter_key=f"{state.journey_id}:prompt:{len(state.attempts)}",
         )
@@ -373,7 +392,7 @@ def _plan_message(
         reason = "all channels handled"
         if not channels:
             reason = "no channel can reach the customer (" + ", ".join(
-                f"{c.value}: {state.unavailable_channels[c]}" for c in unavailable
+                f"{c}: {state.unavailable_channels[c]}" for c in unavailable
             ) + ")"
         return _skip(step, now, reason)
     channel = pending[0]
@@ -387,13 +406,13 @@ def _plan_message(
             step_id=step.id,
             channel=channel,
             template=step.template,
-            reason=f"{channel.value} skipped: the frequency cap and quiet hours leave no moment in the step's window",
+            reason=f"{channel} skipped: the frequency cap and quiet hours leave no moment in the step's window",
         )
     fallback = channel not in step.channels
     reason = step.why or f"policy step {step.id}"
     if fallback:
-        reason += f"; {channel.value} instead of " + ", ".join(
-            f"{c.value} ({state.unavailable_channels.get(c, 'unavailable')})" for c in step.channels
+        reason += f"; {channel} instead of " + ", ".join(
+            f"{c} ({state.unavailable_channels.get(c, 'unavailable')})" for c in step.channels
         )
     if at > max(now, window_start):
         reason += "; moved later for quiet hours or the frequency cap"
@@ -415,16 +434,17 @@ def effective_channels(policy: Policy, state: JourneyState, step: Step) -> list[
 
 def _handled_channels(state: JourneyState, step: Step) -> set[Channel]:
     """The channels the step has a message record for, whatever its status."""
-    return {m.channel for m in state.messages if m.step_id == step.id}
+    step_id = step.id
+    return {m.channel for m in state.messages if m.step_id == step_id}
 
 
 def _after_frequency_cap(policy: Policy, state: JourneyState, at: datetime) -> datetime:
-    caps = policy.messaging.max_per_24h, policy.messaging.max_per_7d
-    if len(state.messages) < min(caps):  # too few messages of any status to reach a cap
+    per_24h, per_7d = policy.messaging.max_per_24h, policy.messaging.max_per_7d
+    if len(state.messages) < min(per_24h, per_7d):  # too few messages of any status to reach a cap
         return at
     sent = [m.at for m in state.messages if m.status == "sent"]
     sent.sort()
-    return next_allowed(sent, at, *caps)
+    return next_allowed(sent, at, per_24h, per_7d)
 
 
 def _plan_recovery(policy: Policy, state: JourneyState, now: datetime) -> Decision:
@@ -458,7 +478,10 @@ def _skip(step: Step, now: datetime, reason: str) -> Decision:
 
 
 def next_attempt_number(state: JourneyState) -> int:
-    return max((a.number for a in state.attempts), default=0) + 1
+    highest = 0
+    for attempt in state.attempts:
+        highest = max(highest, attempt.number)
+    return highest + 1
 
 
 # --- applying results ---------------------------------------------------------------------------
@@ -544,9 +567,9 @@ def apply_message(
 ) -> None:
     assert decision.channel is not None and decision.step_id is not None
     state.messages.append(
-        MessageRecord(step_id=decision.step_id, channel=decision.channel, at=at, status=status, detail=detail)
+        MessageRecord(decision.step_id, decision.channel, at, status, detail)
     )
-    text = f"{decision.channel.value} {decision.template or ''} ({decision.step_id}): {status}"
+    text = f"{decision.channel} {decision.template or ''} ({decision.step_id}): {status}"
     note(state, at, "message", text + (f" — {detail}" if detail else ""))
     if status in ("undeliverable", "opted_out"):
         state.unavailable_channels[decision.channel] = detail or status
@@ -580,7 +603,7 @@ def apply_escalation(policy: Policy, state: JourneyState, decision: Decision, at
         state.recovery_steps_done[decision.step_id or ""] = "done"
     else:
         state.steps_done[decision.step_id or ""] = "done"
-    note(state, at, "escalation", f"{action.value if action else ''} ({decision.step_id}): {decision.reason}")
+    note(state, at, "escalation", f"{action or ''} ({decision.step_id}): {decision.reason}")
     if action is Action.restrict_access:
         state.access_restricted = True
     elif action is Action.reactivate:
@@ -597,8 +620,8 @@ def apply_escalation(policy: Policy, state: JourneyState, decision: Decision, at
 
 
 def apply_payment_succeeded(policy: Policy, state: JourneyState, at: datetime, source: str) -> bool:
-    if state.stage.terminal:
-        note(state, at, "ignored", f"payment succeeded ({source}) after the journey ended as {state.stage.value}")
+    if state.stage in TERMINAL_STAGES:
+        note(state, at, "ignored", f"payment succeeded ({source}) after the journey ended as {state.stage}")
         return False
     _recover(state, at, f"paid out of band ({source})")
     return True
@@ -624,7 +647,7 @@ def apply_retry_now(policy: Policy, state: JourneyState, at: datetime, reason: s
 
 
 def apply_pause(policy: Policy, state: JourneyState, at: datetime, reason: str) -> None:
-    if state.paused_since is None and not state.stage.terminal:
+    if state.paused_since is None and state.stage not in TERMINAL_STAGES:
         state.paused_since = at
         note(state, at, "paused", reason)
         _refresh_stage(policy, state, at)
@@ -639,7 +662,7 @@ def apply_resume(policy: Policy, state: JourneyState, at: datetime, reason: str)
 
 
 def apply_cancel(policy: Policy, state: JourneyState, at: datetime, reason: str) -> None:
-    if state.stage.terminal:
+    if state.stage in TERMINAL_STAGES:
         return
     state.stage = Stage.cancelled
     state.ended_at = at
@@ -694,7 +717,7 @@ def _record_attempt(
         state.prompt_retry_reason = None
     summary: str = outcome.status
     if verdict is not None:
-        summary = f"declined ({verdict.decline_class.value}: {outcome.decline.decline_code if outcome.decline else None})"
+        summary = f"declined ({verdict.decline_class}: {outcome.decline.decline_code if outcome.decline else None})"
         if verdict.unknown_codes:
             summary += f"; unknown codes handled as generic: {', '.join(verdict.unknown_codes)}"
         if verdict.stop_method:
@@ -729,7 +752,7 @@ def _method(state: JourneyState, method_id: str | None) -> PaymentMethod:
 
 
 def _refresh_stage(policy: Policy, state: JourneyState, at: datetime) -> None:
-    if state.stage.terminal:
+    if state.stage in TERMINAL_STAGES:
         return
     if state.paused_since is not None:
         stage = Stage.paused

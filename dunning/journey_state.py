@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from dunning.declines import DeclineClass
-from dunning.models import Channel, Decline, FailedPayment, PaymentMethod, Stage
+from dunning.enums import Channel, Stage
+from dunning.models import Decline, FailedPayment, PaymentMethod
 from dunning.policy import Step
 
 MAX_SEEN_EVENTS = 200
@@ -26,7 +27,8 @@ MessageStatus = Literal["sent", "skipped", "undeliverable", "opted_out"]
 # The records below are made many times per journey (the simulator makes millions): plain slotted
 # dataclasses cost a fraction of a validated model, and half of a frozen dataclass. Nothing changes
 # a record once made (`dataclasses.replace` makes a new one). Pydantic still validates and
-# serializes them inside JourneyState and the API models.
+# serializes them inside JourneyState and the API models. The engine makes the small ones (a
+# message, a timeline entry, a ledger entry) positionally: keywords cost it twice as much.
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -47,7 +49,7 @@ class AttemptRecord:
     reason: str = ""
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class MessageRecord:
     __pydantic_config__ = _STRICT
 
@@ -58,7 +60,7 @@ class MessageRecord:
     detail: str = ""
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class TimelineEntry:
     __pydantic_config__ = _STRICT
 

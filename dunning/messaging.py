@@ -8,7 +8,8 @@ from functools import lru_cache
 
 import phonenumbers
 
-from dunning.models import Channel, Customer
+from dunning.enums import Channel
+from dunning.models import Customer
 from dunning.timing import valid_phone_number
 
 # The payment receipt confirms what the customer did: it never counts towards the frequency caps.

@@ -7,34 +7,11 @@ currency's minor unit (cents), times are timezone-aware UTC datetimes.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-class Channel(StrEnum):
-    email = "email"
-    sms = "sms"
-    in_app = "in_app"
-
-
-class Stage(StrEnum):
-    """Where a journey is. The last three are terminal."""
-
-    retrying = "retrying"
-    awaiting_customer = "awaiting_customer"
-    paused = "paused"
-    recovered = "recovered"
-    cancelled = "cancelled"
-    handed_off = "handed_off"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STAGES
-
-
-TERMINAL_STAGES = frozenset({Stage.recovered, Stage.cancelled, Stage.handed_off})
+from dunning.enums import Channel
 
 
 class Frozen(BaseModel):
@@ -67,15 +44,6 @@ class PaymentMethod(Frozen):
     def card_key(self) -> str:
         """Identity used for network budgets: the card fingerprint when known."""
         return self.fingerprint or self.id
-
-    @property
-    def is_bank_debit(self) -> bool:
-        return self.type != "card"
-
-    def expired_at(self, now: datetime) -> bool:
-        if self.exp_month is None or self.exp_year is None:
-            return False
-        return (now.year, now.month) > (self.exp_year, self.exp_month)
 
 
 class Customer(Frozen):

@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dunning import search_attributes
+from dunning.enums import TERMINAL_STAGES, Stage
 from dunning.journey import (
     QUERY_STATUS,
     SIGNAL_ADOPT_POLICY,
@@ -40,7 +41,7 @@ from dunning.journey import (
     NextAction,
     OpsAction,
 )
-from dunning.models import TERMINAL_STAGES, Customer, Stage
+from dunning.models import Customer
 from dunning.policy import Policy, parse_policy
 from dunning.ports import COLLECTION_CONTEXT_ACTIVITY, CollectionContext
 from dunning.store import Store

@@ -11,7 +11,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,9 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dunning.durations import Duration
-from dunning.models import Channel, FailedPayment, Frozen
+from dunning.enums import Action, Channel
+from dunning.models import FailedPayment, Frozen
 from dunning.rules import RetryLimits, TimingRules
-
-
-class Action(StrEnum):
-    retry = "retry"
-    notify = "notify"
-    incentive = "incentive"
-    restrict_access = "restrict_access"
-    reactivate = "reactivate"
-    cancel_subscription = "cancel_subscription"
-    write_off = "write_off"
-    hand_off = "hand_off"
 
 
 ENDING_ACTIONS = frozenset({Action.write_off, Action.hand_off})

@@ -11,10 +11,10 @@ from typing import Literal, Protocol
 
 from pydantic import Field
 
+from dunning.enums import Action, Channel
 from dunning.journey_state import CardAttempt
 from dunning.rules import RetryLimits
 from dunning.models import (
-    Channel,
     ChargeOutcome,
     Customer,
     Decline,
@@ -22,7 +22,6 @@ from dunning.models import (
     Frozen,
     PaymentMethod,
 )
-from dunning.policy import Action
 from dunning.store.records import message_dedupe_key
 
 

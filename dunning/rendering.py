@@ -29,7 +29,7 @@ from babel.dates import format_date, format_skeleton, format_time, get_datetime_
 from babel.numbers import format_currency, get_currency_precision
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 
-from dunning.models import Channel
+from dunning.enums import Channel
 from dunning.ports import MessageRequest, RenderedMessage
 
 BUILTIN_TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"

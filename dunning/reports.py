@@ -64,7 +64,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from dunning.models import TERMINAL_STAGES, Stage
+from dunning.enums import TERMINAL_STAGES, Stage
 from dunning.policy import PolicyError, parse_policy
 from dunning.store import JourneyRecord, Store
 from dunning.store.schema import CardAttempt, Journey, Message, Policy

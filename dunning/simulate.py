@@ -37,9 +37,10 @@ from pydantic_core import from_json
 from dunning import engine
 from dunning.budgets import CARD_HISTORY_WINDOW, earliest_attempt, violations
 from dunning.engine import Decision
+from dunning.enums import TERMINAL_STAGES, Channel
 from dunning.journey_state import CardAttempt, JourneyState, MessageStatus
 from dunning.messaging import CAP_7D, CAP_24H, CAP_EXEMPT_TEMPLATES, frequency_capped, next_allowed, recipient, unreachable
-from dunning.models import Channel, ChargeOutcome
+from dunning.models import ChargeOutcome
 from dunning.policy import Policy, Segment
 from dunning.rules import RetryLimits
 from dunning.scenarios import Behavior, Scenario, ScenarioError, _field_path
@@ -109,7 +110,8 @@ def _keys(data: dict[str, Any]) -> tuple[str, ...]:
 
 def _json_object(path: str, number: int, text: str) -> dict[str, Any]:
     try:
-        data = from_json(text)  # about twice as fast as json.loads
+        # about three times as fast as json.loads; nearly every string is new, so caching them costs
+        data = from_json(text, cache_strings=False)
     except ValueError:
         # json's own message (and verdict: it also takes what jiter refuses, e.g. a lone surrogate)
         try:
@@ -264,7 +266,7 @@ class _Cluster:
         self.ledger: dict[str, list[CardAttempt]] = defaultdict(list)
         self.initial: list[CardAttempt] = []  # the failures that started the journeys
         self.customer_messages: dict[str, list[datetime]] = defaultdict(list)
-        self.caps = (policy.messaging.max_per_24h, policy.messaging.max_per_7d)
+        self.max_per_24h, self.max_per_7d = policy.messaging.max_per_24h, policy.messaging.max_per_7d
 
     def behavior(self, scenario: Scenario, pm_id: str) -> Behavior:
         """The sandbox's lookup: this payment's methods, then the customer's other payments'."""
@@ -306,6 +308,7 @@ class _Journey:
         self.result: str | None = None
         self.ended_at: datetime | None = None
         self.events: list[Event] | None = [] if record_events else None
+        self.behaviors: dict[str, Behavior] = {}  # by payment method id
         self.steps = 0
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -331,7 +334,7 @@ class _Journey:
 
     def _response_first(self, decision: Decision) -> datetime | None:
         """When the customer's pending reaction is due, if it comes before `decision`."""
-        if self.response_at is None or self.state.stage.terminal:
+        if self.response_at is None or self.state.stage in TERMINAL_STAGES:
             return None
         if decision.kind == "wait" or self.response_at <= decision.at:
             return self.response_at
@@ -348,7 +351,7 @@ class _Journey:
         self.decision = None
         if decision.kind == "finish":
             engine.finish_if_done(self.state, decision, self.now)
-            self._end(self.state.stage.value, self.state.ended_at or self.now)
+            self._end(str(self.state.stage), self.state.ended_at or self.now)
             return
         due = self._response_first(decision)
         if due is not None:
@@ -377,12 +380,12 @@ class _Journey:
             decline = payment.initial_decline
             if decline.payment_method != initial.id:  # the processor did not say which method
                 decline = decline.model_copy(update={"payment_method": initial.id})
+            card_key = initial.card_key
             failure = CardAttempt(
-                at=payment.failed_at, card_key=initial.card_key, brand=initial.brand,
-                amount=payment.amount, currency=payment.currency, journey_id=payment.journey_id,
-                payment_method_id=initial.id, decline=decline,
+                payment.failed_at, card_key, initial.brand, payment.amount, payment.currency,
+                payment.journey_id, initial.id, decline,
             )
-            cluster.ledger[initial.card_key].append(failure)
+            cluster.ledger[card_key].append(failure)
             cluster.initial.append(failure)
         ledger: list[CardAttempt] = []
         if cluster.shared:
@@ -408,7 +411,7 @@ class _Journey:
                 if status == "sent":
                     self.delivered += 1
                     if self.events is not None:
-                        self.events.append(Event(now, "message", {"channel": channel.value}))
+                        self.events.append(Event(now, "message", {"channel": str(channel)}))
                     if self.response is not None and self.delivered == self.response.after_messages:
                         self.response_at = now + self.response.delay
             case "escalation":
@@ -422,7 +425,8 @@ class _Journey:
         """payments.charge: reserve within the card's budget (every journey), then charge."""
         state, policy, now, cluster = self.state, self.policy, self.now, self.cluster
         method = next(m for m in state.payment_methods if m.id == decision.payment_method_id)
-        history = cluster.history(method.card_key, now) if cluster.shared else []
+        card_key = method.card_key
+        history = cluster.history(card_key, now) if cluster.shared else []
         # With no other journey on the card the store sees a subset of what the engine planned
         # with, and budgets only loosen with time: its check cannot refuse, so skip the work.
         if any(a.journey_id != state.journey_id for a in history):
@@ -434,12 +438,15 @@ class _Journey:
                 others = [a for a in history if a.journey_id != state.journey_id]
                 engine.apply_budget_denied(policy, state, decision, others, now)
                 return
-        outcome = cluster.behavior(self.scenario, method.id).outcome_at(now, method.id)
-        cluster.ledger[method.card_key].append(
+        behavior = self.behaviors.get(method.id)
+        if behavior is None:  # the sandbox's lookup, once per method
+            behavior = self.behaviors[method.id] = cluster.behavior(self.scenario, method.id)
+        outcome = behavior.outcome_at(now, method.id)
+        decline = outcome.decline if outcome.status == "declined" else None
+        cluster.ledger[card_key].append(
             CardAttempt(
-                at=now, card_key=method.card_key, brand=method.brand, amount=state.payment.amount,
-                currency=state.payment.currency, journey_id=state.journey_id, payment_method_id=method.id,
-                decline=outcome.decline if outcome.status == "declined" else None,
+                now, card_key, method.brand, state.payment.amount, state.payment.currency, state.journey_id,
+                method.id, decline,
             )
         )
         self.retries += 1
@@ -454,7 +461,7 @@ class _Journey:
             return "undeliverable", unreachable(customer, channel)
         sent = self.cluster.customer_messages[customer.id]
         if template not in CAP_EXEMPT_TEMPLATES:
-            allowed = next_allowed(sent, now, *self.cluster.caps)
+            allowed = next_allowed(sent, now, self.cluster.max_per_24h, self.cluster.max_per_7d)
             if allowed > now:
                 return "skipped", frequency_capped(customer, allowed)
         sent.append(now)
@@ -487,7 +494,7 @@ class _Journey:
         messages: dict[str, int] = {}  # sent per channel (a Counter costs more than the counting)
         for message in state.messages:
             if message.status == "sent":
-                channel = message.channel.value
+                channel = str(message.channel)
                 messages[channel] = messages.get(channel, 0) + 1
         return JourneyOutcome(
             scenario_id=self.scenario.id,

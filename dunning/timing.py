@@ -313,6 +313,10 @@ def _pick(start: datetime, end: datetime, rules: TimingRules, key: str) -> datet
     return end - _EPSILON * -(-span_us * rest_us // jitter_us)
 
 
+def is_bank_debit(method: PaymentMethod) -> bool:
+    return method.type != "card"
+
+
 def place_retry(
     *,
     window_start: datetime,
@@ -338,7 +342,7 @@ def place_retry(
     if low > high:
         return None
     stop = high + _EPSILON  # [low, high] as a half-open interval
-    bank = payment_method.is_bank_debit
+    bank = is_bank_debit(payment_method)
     country = payment_method.country
     begin, finish = rules.business_hours if bank else rules.retry_hours
     last_day = high.astimezone(zone).date()
@@ -365,7 +369,8 @@ def place_retry(
                 break
         day += _ONE_DAY
     if earliest is not None:
-        return _pick(*earliest, rules, jitter_key)
+        start, end = earliest
+        return _pick(start, end, rules, jitter_key)
     return None if bank else _pick(low, stop, rules, jitter_key)
 
 

@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 
 from activities.outbox import OutboxSender
 from activities.sandbox import SandboxGateway
-from dunning.models import Channel
+from dunning.enums import Channel
 from dunning.policy import parse_policy
 from dunning.scenarios import Scenario
 from dunning.store import Store

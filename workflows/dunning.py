@@ -16,6 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState, T
 
 with workflow.unsafe.imports_passed_through():
     from dunning import engine, search_attributes
+    from dunning.enums import Action, Stage
     from dunning.journey_state import JourneyState
     from dunning.engine import Decision
     from dunning.journey import (
@@ -28,9 +29,9 @@ with workflow.unsafe.imports_passed_through():
         PaymentMethodUpdated,
         PaymentSucceeded,
     )
-    from dunning.models import ChargeOutcome, Decline, Stage
+    from dunning.models import ChargeOutcome, Decline
     from dunning.collections import placement_request
-    from dunning.policy import Action, Policy
+    from dunning.policy import Policy
     from dunning.ports import (
         COLLECTION_CONTEXT_ACTIVITY,
         ChargeRequest,

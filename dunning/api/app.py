@@ -19,8 +19,8 @@ from dunning.api import ops as ops_routes
 from dunning.api import webhooks
 from dunning.api import dashboard, metrics, sandbox_page
 from dunning.config import Settings, api_token
+from dunning.enums import Stage
 from dunning.journey import QUERY_STATUS, JourneyStatus
-from dunning.models import Stage
 from dunning.ops import visibility_query
 from dunning.store import Store
 from dunning.temporal import connect

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from dunning.models import TERMINAL_STAGES
+from dunning.enums import TERMINAL_STAGES
 from dunning.rendering import format_amount
 from dunning.reports import (
     NO_KEY_LABELS,

@@ -35,7 +35,7 @@ from twilio.request_validator import (
 from twilio.twiml.messaging_response import MessagingResponse
 
 from activities.messaging import PUBLIC_URL_ENV, phone_opt_out_key
-from dunning.models import Channel
+from dunning.enums import Channel
 from dunning.rendering import InvalidToken, read_unsubscribe_token, unsubscribe_secret
 from dunning.store import Store
 

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from dunning.models import Stage
+from dunning.enums import Stage
 from dunning.reports import read_snapshot
 from dunning.store import Store
 from dunning.store.schema import CardAttempt, Journey, Message

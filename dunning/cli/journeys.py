@@ -27,8 +27,8 @@ from dunning import ops
 from dunning.codec import CodecError
 from dunning.config import Settings
 from dunning.durations import parse_duration
+from dunning.enums import Stage
 from dunning.journey import JourneyStatus
-from dunning.models import Stage
 from dunning.rendering import format_amount
 from dunning.store import Store
 from dunning.temporal import connect

@@ -16,7 +16,8 @@ from dunning import offline, ops
 from dunning.cli import journeys as shared
 from dunning.config import Settings
 from dunning.durations import format_duration
-from dunning.models import FailedPayment, Stage
+from dunning.enums import Stage
+from dunning.models import FailedPayment
 from dunning.policy import Policy, PolicyError, load_policy
 from dunning.timing import customer_zone
 

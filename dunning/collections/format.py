@@ -19,7 +19,7 @@ from typing import Any
 
 from dunning.collections.config import CONTACT_FIELDS
 from dunning.collections.schema import FORMAT_VERSION, validation_errors
-from dunning.models import Channel
+from dunning.enums import Channel
 from dunning.store.records import PlacementRecord
 
 CHANNELS: tuple[str, ...] = tuple(channel.value for channel in Channel)

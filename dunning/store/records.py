@@ -11,7 +11,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from dunning.models import PaymentKind, Stage
+from dunning.enums import Stage
+from dunning.models import PaymentKind
 
 WebhookStatus = Literal["received", "processed", "ignored", "failed"]
 CardAttemptStatus = Literal[

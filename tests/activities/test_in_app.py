@@ -19,7 +19,8 @@ from temporalio.testing import ActivityEnvironment
 from activities.in_app import InAppWebhookSender, sign, verify
 from activities.messaging import MessagingActivities
 from activities.outbox import OutboxSender
-from dunning.models import Channel, Customer
+from dunning.enums import Channel
+from dunning.models import Customer
 from dunning.ports import MessageRequest
 from dunning.rendering import render
 from dunning.store import Store

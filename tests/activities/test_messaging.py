@@ -22,7 +22,8 @@ from activities.messaging import (
 from activities.outbox import OutboxSender
 from activities.sendgrid_email import SendGridEmailSender
 from activities.twilio_sms import TwilioSmsSender
-from dunning.models import Channel, Customer
+from dunning.enums import Channel
+from dunning.models import Customer
 from dunning.ports import MessageRequest, MessageResult, RenderedMessage
 from dunning.rendering import read_unsubscribe_token
 from dunning.store import MessageRecord, Store
@@ -368,7 +369,7 @@ def test_helpers() -> None:
 
 
 def test_the_cap_follows_the_journeys_published_policy(store: Store) -> None:
-    from dunning.models import Stage
+    from dunning.enums import Stage
     from dunning.policy import parse_policy
     from dunning.store import JourneyRecord
 

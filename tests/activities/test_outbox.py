@@ -12,7 +12,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.messaging import MessagingActivities
 from activities.outbox import OutboxSender
-from dunning.models import Channel, Customer
+from dunning.enums import Channel
+from dunning.models import Customer
 from dunning.ports import MessageRequest
 from dunning.rendering import render
 from dunning.store import Store
@@ -79,7 +80,8 @@ def test_a_retry_after_a_failed_status_write_does_not_deliver_twice(tmp_path):
     import io
 
     from activities.outbox import OutboxSender
-    from dunning.models import Channel, Customer
+    from dunning.enums import Channel
+    from dunning.models import Customer
     from dunning.ports import MessageRequest, RenderedMessage
     from dunning.store import Store
     from datetime import datetime, timezone

@@ -13,11 +13,11 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.payments import PERMANENT_PAYMENT_ERROR, PaymentActivities, build_gateway
 from activities.sandbox import SandboxFault, SandboxGateway
+from dunning.enums import Action
 from dunning.rules import RetryLimits
 from dunning.config import Settings
 from dunning.declines import classify
 from dunning.models import Decline, PaymentMethod
-from dunning.policy import Action
 from dunning.ports import ChargeRequest, EscalationRequest, ReconcileRequest
 from dunning.scenarios import Scenario
 from dunning.store import Store

@@ -17,9 +17,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.payments import PERMANENT_PAYMENT_ERROR
 from activities.sandbox import SandboxFault, SandboxGateway
+from dunning.enums import Action
 from dunning.rules import RetryLimits
 from dunning.models import FailedPayment, PaymentMethod
-from dunning.policy import Action
 from dunning.ports import ChargeRequest, EscalationRequest, ReconcileRequest
 from dunning.scenarios import (
     Behavior,

@@ -25,7 +25,8 @@ from temporalio.testing import ActivityEnvironment
 from activities.messaging import MessagingActivities
 from activities.outbox import OutboxSender
 from activities.sendgrid_email import SendGridEmailSender
-from dunning.models import Channel, Customer
+from dunning.enums import Channel
+from dunning.models import Customer
 from dunning.ports import MessageRequest
 from dunning.rendering import read_unsubscribe_token, render
 from dunning.store import Store

@@ -20,10 +20,10 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.payments import PERMANENT_PAYMENT_ERROR, PaymentActivities, build_gateway
 from activities.stripe_gateway import TRANSIENT_PAYMENT_ERROR, StripeGateway
+from dunning.enums import Action
 from dunning.rules import RetryLimits
 from dunning.config import Settings
 from dunning.models import Customer, Decline, FailedPayment, PaymentMethod
-from dunning.policy import Action
 from dunning.ports import ChargeRequest, EscalationRequest, ReconcileRequest
 from dunning.store import Store
 

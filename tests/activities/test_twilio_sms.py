@@ -29,7 +29,8 @@ from temporalio.testing import ActivityEnvironment
 from activities.messaging import MessagingActivities
 from activities.outbox import OutboxSender
 from activities.twilio_sms import TwilioSmsSender
-from dunning.models import Channel, Customer
+from dunning.enums import Channel
+from dunning.models import Customer
 from dunning.ports import MessageRequest
 from dunning.rendering import render
 from dunning.store import MessageRecord, Store

@@ -15,7 +15,8 @@ from twilio.request_validator import RequestValidator
 from activities.messaging import MessagingActivities, phone_opt_out_key
 from activities.outbox import OutboxSender
 from dunning.api.messaging_routes import build_router, keyword_of
-from dunning.models import Channel, Customer
+from dunning.enums import Channel
+from dunning.models import Customer
 from dunning.ports import MessageRequest
 from dunning.rendering import unsubscribe_secret, unsubscribe_token
 from dunning.store import Store

@@ -10,7 +10,8 @@ import pytest
 from fastapi import FastAPI
 
 from dunning.api.sandbox_page import build_router
-from dunning.models import Stage, journey_id_for
+from dunning.enums import Stage
+from dunning.models import journey_id_for
 from dunning.store.records import JourneyRecord
 
 T0 = datetime(2026, 3, 2, 9, tzinfo=UTC)

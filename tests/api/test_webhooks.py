@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 
 from dunning.api.webhooks import SOURCE
+from dunning.enums import Stage
 from dunning.journey import JourneyStatus
-from dunning.models import Stage
 from dunning.scenarios import Scenario
 from tests.support import start_dev_server
 from tests.webhook_support import (

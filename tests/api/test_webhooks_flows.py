@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from temporalio.service import RPCError
 
+from dunning.enums import Stage
 from dunning.journey import JourneyStatus
-from dunning.models import Stage
 from dunning.scenarios import Scenario
 from tests.support import start_dev_server
 from tests.webhook_support import FAST_POLICY, card, event, exists, http, intent, invoice, post_event, webhook_app

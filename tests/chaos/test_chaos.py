@@ -21,7 +21,8 @@ from chaos import checks
 from chaos.run import Kill, Report, Restart, summarize
 from chaos.scenarios import KINDS, build_cases, outbox_keys, retry_offsets, scaled_policy
 from chaos.stack import POLICY
-from dunning.models import Channel, Customer
+from dunning.enums import Channel
+from dunning.models import Customer
 from dunning.policy import load_policy
 from dunning.ports import MessageRequest, RenderedMessage
 from tests.support import ROOT, binary

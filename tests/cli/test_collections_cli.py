@@ -20,7 +20,7 @@ from dunning.cli import app
 from dunning.collections import CollectionsConfig, placement_id_for
 from dunning.collections.schema import schema_text
 from dunning.config import TASK_QUEUE, Settings, get_settings
-from dunning.models import Channel
+from dunning.enums import Channel
 from dunning.store import Store
 from dunning.store.records import PlacementRecord
 from dunning.temporal import connect

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from dunning import demo
-from dunning.models import Stage
+from dunning.enums import Stage
 from tests.support import ROOT
 
 

@@ -15,8 +15,8 @@ from temporalio.worker import Replayer
 from dunning import codec
 from dunning.codec import CodecError, CodecKey, EncryptionCodec, UnknownKeyError, parse_keys
 from dunning.config import Settings
+from dunning.enums import Stage
 from dunning.journey import JourneyStatus, OpsAction
-from dunning.models import Stage
 from dunning.scenarios import Scenario
 from dunning.temporal import tls_config
 from workflows.dunning import DunningWorkflow

@@ -10,7 +10,7 @@ import pytest
 
 from dunning.collections import placement_id_for, record_recall
 from dunning.collections.reconciliation import ReconciliationError, apply_reconciliation, import_file
-from dunning.models import Stage
+from dunning.enums import Stage
 from dunning.store import JourneyRecord, Store
 from dunning.store.records import PlacementRecord
 

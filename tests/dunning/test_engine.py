@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from dunning import budgets, declines, engine, offline, timing
 from dunning.budgets import violations
+from dunning.enums import Channel, Stage
 from dunning.journey_state import CardAttempt
-from dunning.models import Channel, ChargeOutcome, Decline, FailedPayment, PaymentMethod, Stage
+from dunning.models import ChargeOutcome, Decline, FailedPayment, PaymentMethod
 from dunning.policy import load_policy, parse_policy
 from dunning.timing import customer_zone, in_quiet_hours
 

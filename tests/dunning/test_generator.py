@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dunning import generator
+from dunning.engine import expired
 from dunning.models import PaymentMethod
 from dunning.scenarios import Scenario, load_scenarios
 
@@ -135,7 +136,7 @@ def test_expired_cards_are_expired_when_the_payment_fails(mix):
     for d in mix:
         if d["initial_decline"]["decline_code"] == "expired_card":
             method = PaymentMethod.model_validate({k: v for k, v in d["payment_methods"][0].items() if k != "behavior"})
-            assert method.expired_at(datetime.fromisoformat(d["failed_at"].replace("Z", "+00:00")))
+            assert expired(method, datetime.fromisoformat(d["failed_at"].replace("Z", "+00:00")))
 
 
 def test_second_subscriptions_share_the_card_in_the_same_billing_run(mix):

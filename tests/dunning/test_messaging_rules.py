@@ -2,8 +2,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from dunning.enums import Channel
 from dunning.messaging import next_allowed, recipient, unreachable, usable_email
-from dunning.models import Channel, Customer
+from dunning.models import Customer
 
 AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

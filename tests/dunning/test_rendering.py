@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dunning.models import Channel, Customer
+from dunning.enums import Channel
+from dunning.models import Customer
 from dunning.ports import MessageRequest
 from dunning.rendering import (
     LOCALES,

@@ -24,8 +24,8 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from dunning.config import Settings
+from dunning.enums import Stage
 from dunning.migrations import alembic_config
-from dunning.models import Stage
 from dunning.store import (
     CardAttemptRecord,
     JourneyRecord,

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 
 from temporalio.testing import WorkflowEnvironment
 
+from dunning.enums import Stage
 from dunning.journey import JourneyStatus
-from dunning.models import Stage
 from dunning.scenarios import Scenario
 from tests.support import start_dev_server
 

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 
+from dunning.enums import Stage
 from dunning.journey import (
     AdoptPolicy,
     JourneyStatus,
@@ -17,7 +18,7 @@ from dunning.journey import (
     PaymentMethodUpdated,
     PaymentSucceeded,
 )
-from dunning.models import PaymentMethod, Stage
+from dunning.models import PaymentMethod
 from dunning.scenarios import Scenario
 from tests.support import keep_history
 

@@ -9,8 +9,8 @@ from datetime import timedelta
 from activities.collections import CollectionsActivities
 from activities.outbox import OutboxSender
 from dunning.collections import CollectionsConfig, placement_id_for
+from dunning.enums import Channel, Stage
 from dunning.journey import JourneyStatus, OpsAction
-from dunning.models import Channel, Stage
 from tests.workflows.test_dunning_workflow import now_of, scenario
 from worker import build_worker
 

@@ -28,8 +28,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.outbox import OutboxSender
 from activities.stripe_gateway import StripeGateway
+from dunning.enums import Channel, Stage
 from dunning.journey import JourneyStatus
-from dunning.models import Channel, Stage
 from dunning.store.schema import WebhookEvent
 from tests.activities.localstripe_server import API_KEY, FAILING_CARD, WORKING_CARD, LocalStripe, run_localstripe
 from tests.support import start_dev_server

@@ -21,8 +21,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from dunning import codec
 from dunning.codec import EncryptionCodec, parse_keys
 from dunning.config import Settings
+from dunning.enums import Stage
 from dunning.journey import JourneyStatus, OpsAction
-from dunning.models import Stage
 from dunning.scenarios import Scenario
 from dunning.temporal import connect
 from tests.support import binary, start_dev_server
