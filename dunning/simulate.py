@@ -707,7 +707,7 @@ def run_file(
     runs: Sequence[Run],
     *,
     workers: int | None = None,
-    batch_size: int = 64,
+    batch_size: int = 256,  # journeys per task: each costs the parent a future and a pickle
     progress: Callable[[int], None] | None = None,
     on_cluster: Callable[[str, ClusterResult], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
