@@ -8,6 +8,7 @@ from pydantic_core import to_jsonable_python
 from temporalio import activity
 
 from activities.payments import counted_attempts, to_card_attempt
+from dunning.budgets import card_key
 from dunning.enums import Channel, Stage
 from dunning.journey_state import CardAttempt
 from dunning.journey import JourneyStatus
@@ -52,7 +53,7 @@ class JournalActivities:
                 CardAttemptRecord(
                     journey_id=request.journey_id,
                     attempt_number=0,
-                    card_key=method.card_key,
+                    card_key=card_key(method),
                     brand=method.brand,
                     payment_method_id=method.id,
                     amount=request.amount,
@@ -67,12 +68,12 @@ class JournalActivities:
                 ),
                 check=lambda history: True,  # the gateway already made this attempt
             )
-        card_keys = {m.card_key for m in request.payment_methods}
+        card_keys = {card_key(m) for m in request.payment_methods}
         if request.initial_method is not None:
-            card_keys.add(request.initial_method.card_key)
+            card_keys.add(card_key(request.initial_method))
         ledger: list[CardAttempt] = []
-        for card_key in sorted(card_keys):
-            for row in counted_attempts(self._store.card_history(card_key, failed_at - LEDGER_LOOKBACK)):
+        for key in sorted(card_keys):
+            for row in counted_attempts(self._store.card_history(key, failed_at - LEDGER_LOOKBACK)):
                 if row.journey_id != request.journey_id:
                     ledger.append(to_card_attempt(row))
         opted_out = sorted(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dunning.budgets import earliest_attempt
+from dunning.budgets import card_key, earliest_attempt
 from dunning.declines import classify
 from dunning.journey_state import CardAttempt
 from dunning.models import ChargeOutcome, Decline, FailedPayment
@@ -89,7 +89,7 @@ class PaymentActivities:
         reservation = CardAttemptRecord(
             journey_id=request.journey_id,
             attempt_number=request.attempt_number,
-            card_key=method.card_key,
+            card_key=card_key(method),
             brand=method.brand,
             payment_method_id=method.id,
             amount=request.amount,
@@ -125,7 +125,7 @@ class PaymentActivities:
             activity.logger.info(
                 "attempt %s on %s denied: the card's network budget is used by other journeys",
                 request.idempotency_key,
-                method.card_key,
+                card_key(method),
             )
             return ChargeResult(budget_denied=True, ledger=ledger)
 

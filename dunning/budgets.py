@@ -52,6 +52,11 @@ CARD_HISTORY_WINDOW = timedelta(days=31)
 _by_time = attrgetter("at")
 
 
+def card_key(method: PaymentMethod) -> str:
+    """Identity used for network budgets: the card fingerprint when known, else the method's id."""
+    return method.fingerprint or method.id
+
+
 class BudgetDecision:
     """A plain class: mypyc compiles its `__init__` (a dataclass's is interpreted)."""
 
@@ -150,13 +155,13 @@ def earliest_attempt(
 ) -> BudgetDecision:
     """Earliest moment >= not_before when journey `journey_id` may charge `amount` to `card`.
 
-    `history` is every known attempt on this card (matching `card.card_key`) by any journey,
+    `history` is every known attempt on this card (matching `card_key(card)`) by any journey,
     including each journey's initial failed charge. Attempts on other cards may be included: they
     count only towards this journey's `max_attempts_per_journey`. Returns allowed_at=None when no
     attempt on this card may ever follow (a stop or a journey cap). See the module docstring for
     how each rule counts.
     """
-    key = card.card_key
+    key = card_key(card)
     brand = normalize_brand(card.brand)
     currency = currency.lower()
     on_card = [a for a in history if a.card_key == key]

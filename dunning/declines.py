@@ -363,11 +363,14 @@ _Codes = tuple[str | None, str | None, str | None, str | None]
 
 
 def _codes(decline: Decline) -> _Codes:
+    # From the model's dict: one attribute read rather than four, each through pydantic's
+    # `__getattr__` hook (classification runs for every known decline on each budget check).
+    fields = decline.__dict__
     return (
-        decline.decline_code,
-        decline.advice_code,
-        decline.network_decline_code,
-        decline.network_advice_code,
+        fields["decline_code"],
+        fields["advice_code"],
+        fields["network_decline_code"],
+        fields["network_advice_code"],
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import datetime, time, timedelta
 from typing import Any, Literal, cast
 
-from dunning.budgets import earliest_attempt
+from dunning.budgets import card_key, earliest_attempt
 from dunning.declines import DeclineClass, classify
 from dunning.enums import TERMINAL_STAGES, Action, Channel, Stage
 from dunning.journey_state import (
@@ -223,6 +223,14 @@ def usable_methods(policy: Policy, state: JourneyState, now: datetime) -> list[P
     return usable
 
 
+def decline_class(state: JourneyState) -> DeclineClass | None:
+    """The class of the journey's latest classified decline."""
+    for attempt in reversed(state.attempts):
+        if attempt.decline_class is not None:
+            return attempt.decline_class
+    return None
+
+
 def _usable(method: PaymentMethod, state: JourneyState, now: datetime) -> bool:
     return method.id not in state.stopped_methods and not expired(method, now)
 
@@ -301,7 +309,7 @@ def _plan_retry(
     prefer_payday = (
         step.prefer_payday
         if step.prefer_payday is not None
-        else state.decline_class is DeclineClass.insufficient_funds
+        else decline_class(state) is DeclineClass.insufficient_funds
     )
     blocked: list[str] = []
     for method in methods:
@@ -516,7 +524,7 @@ def apply_charge_refused(policy: Policy, state: JourneyState, decision: Decision
             number=decision.attempt_number or next_attempt_number(state),
             at=at,
             payment_method_id=method.id,
-            card_key=method.card_key,
+            card_key=card_key(method),
             brand=method.brand,
             step_id=decision.step_id or "",
             status="error",
@@ -702,7 +710,7 @@ def _record_attempt(
             number=number,
             at=at,
             payment_method_id=method.id,
-            card_key=method.card_key,
+            card_key=card_key(method),
             brand=method.brand,
             step_id=step_id,
             status=status,

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from dunning.enums import Stage
 from dunning.journey_state import AttemptRecord, JourneyState, MessageRecord, TimelineEntry
-from dunning.engine import Decision
+from dunning.engine import Decision, decline_class
 from dunning.models import Decline, FailedPayment, Frozen, PaymentMethod
 
 WORKFLOW_NAME = "DunningWorkflow"
@@ -112,6 +112,7 @@ class JourneyStatus(Frozen):
 
     @classmethod
     def of(cls, state: JourneyState, decision: Decision | None) -> JourneyStatus:
+        latest_decline = decline_class(state)
         return cls(
             journey_id=state.journey_id,
             stage=state.stage,
@@ -123,7 +124,7 @@ class JourneyStatus(Frozen):
             policy_version=state.policy_version,
             segment=state.segment,
             variant=state.variant,
-            decline_class=state.decline_class.value if state.decline_class else None,
+            decline_class=latest_decline.value if latest_decline else None,
             started_at=state.payment.failed_at,
             ended_at=state.ended_at,
             end_reason=state.end_reason,

@@ -101,13 +101,6 @@ class JourneyState(BaseModel):
     _own_card_attempts: tuple[list[AttemptRecord], list[CardAttempt]] | None = PrivateAttr(None)
 
     @property
-    def decline_class(self) -> DeclineClass | None:
-        for attempt in reversed(self.attempts):
-            if attempt.decline_class is not None:
-                return attempt.decline_class
-        return None
-
-    @property
     def finished(self) -> bool:
         return self.ended_at is not None
 

@@ -40,11 +40,6 @@ class PaymentMethod(Frozen):
     fingerprint: str | None = None  # same physical card across customers/methods
     last_succeeded_at: datetime | None = None
 
-    @property
-    def card_key(self) -> str:
-        """Identity used for network budgets: the card fingerprint when known."""
-        return self.fingerprint or self.id
-
 
 class Customer(Frozen):
     id: str

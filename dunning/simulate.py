@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from dunning import engine
-from dunning.budgets import CARD_HISTORY_WINDOW, earliest_attempt, violations
+from dunning.budgets import CARD_HISTORY_WINDOW, card_key, earliest_attempt, violations
 from dunning.engine import Decision
 from dunning.enums import TERMINAL_STAGES, Channel
 from dunning.journey_state import CardAttempt, JourneyState, MessageStatus
@@ -101,7 +101,7 @@ def _keys(data: dict[str, Any]) -> tuple[str, ...]:
             keys.append("card:" + key)
     initial = data.get("initial_decline")
     if isinstance(initial, dict) and isinstance(initial.get("payment_method"), str):
-        # a method not on file is its own card (PaymentMethod.card_key falls back to the id)
+        # a method not on file is its own card (`budgets.card_key` falls back to the id)
         wanted = initial["payment_method"]
         if wanted not in [m.get("id") for m in methods]:
             keys.append("card:" + wanted)
@@ -281,9 +281,9 @@ class _Cluster:
                         return method.behavior
         return Behavior()
 
-    def history(self, card_key: str, at: datetime) -> list[CardAttempt]:
+    def history(self, key: str, at: datetime) -> list[CardAttempt]:
         since = at - CARD_HISTORY_WINDOW
-        return [a for a in self.ledger[card_key] if a.at >= since]
+        return [a for a in self.ledger[key] if a.at >= since]
 
     def all_attempts(self) -> list[CardAttempt]:
         return [a for attempts in self.ledger.values() for a in attempts]
@@ -380,16 +380,16 @@ class _Journey:
             decline = payment.initial_decline
             if decline.payment_method != initial.id:  # the processor did not say which method
                 decline = decline.model_copy(update={"payment_method": initial.id})
-            card_key = initial.card_key
+            initial_key = card_key(initial)
             failure = CardAttempt(
-                payment.failed_at, card_key, initial.brand, payment.amount, payment.currency,
+                payment.failed_at, initial_key, initial.brand, payment.amount, payment.currency,
                 payment.journey_id, initial.id, decline,
             )
-            cluster.ledger[card_key].append(failure)
+            cluster.ledger[initial_key].append(failure)
             cluster.initial.append(failure)
         ledger: list[CardAttempt] = []
         if cluster.shared:
-            keys = sorted({m.card_key for m in payment.payment_methods} | ({initial.card_key} if initial else set()))
+            keys = sorted({card_key(m) for m in payment.payment_methods} | ({card_key(initial)} if initial else set()))
             since = payment.failed_at - CARD_HISTORY_WINDOW
             ledger = [
                 a for key in keys for a in cluster.ledger.get(key, ())
@@ -425,8 +425,8 @@ class _Journey:
         """payments.charge: reserve within the card's budget (every journey), then charge."""
         state, policy, now, cluster = self.state, self.policy, self.now, self.cluster
         method = next(m for m in state.payment_methods if m.id == decision.payment_method_id)
-        card_key = method.card_key
-        history = cluster.history(card_key, now) if cluster.shared else []
+        key = card_key(method)
+        history = cluster.history(key, now) if cluster.shared else []
         # With no other journey on the card the store sees a subset of what the engine planned
         # with, and budgets only loosen with time: its check cannot refuse, so skip the work.
         if any(a.journey_id != state.journey_id for a in history):
@@ -443,9 +443,9 @@ class _Journey:
             behavior = self.behaviors[method.id] = cluster.behavior(self.scenario, method.id)
         outcome = behavior.outcome_at(now, method.id)
         decline = outcome.decline if outcome.status == "declined" else None
-        cluster.ledger[card_key].append(
+        cluster.ledger[key].append(
             CardAttempt(
-                now, card_key, method.brand, state.payment.amount, state.payment.currency, state.journey_id,
+                now, key, method.brand, state.payment.amount, state.payment.currency, state.journey_id,
                 method.id, decline,
             )
         )

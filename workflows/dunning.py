@@ -382,10 +382,11 @@ class DunningWorkflow:
     async def _publish(self) -> None:
         """Keep search attributes and the store's reporting projection current."""
         state = self._state
+        latest_decline = engine.decline_class(state)
         values = (
             state.stage.value,
             0 if state.stage is Stage.recovered else state.payment.amount,
-            state.decline_class.value if state.decline_class else "none",
+            latest_decline.value if latest_decline else "none",
         )
         if values != self._published:  # each upsert is a history event: only on change
             self._published = values
