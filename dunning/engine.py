@@ -3,9 +3,9 @@
 No I/O and no clock: the workflow, `policy explain` and the simulator all drive the same functions,
 so what ops preview is what customers get. Every decision carries a human-readable reason.
 
-`make install` compiles this module (mypyc). Its code reads the models' fields rather than their
-properties (`ended_at`, not `finished`; `stage in TERMINAL_STAGES`, not `stage.terminal`) and
-formats enums as strings rather than reading `.value`: each of those is an interpreted call.
+`make install` compiles this module (mypyc). Its code reads the journey state's fields rather than
+its properties (`ended_at`, not `finished`) and formats enums as strings rather than reading
+`.value`: each of those is an interpreted call.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 
 from dunning.budgets import card_key, earliest_attempt
 from dunning.declines import DeclineClass, classify
-from dunning.enums import TERMINAL_STAGES, Action, Channel, Stage
+from dunning.enums import Action, Channel, Stage
 from dunning.journey_state import (
     AttemptRecord,
     AttemptStatus,
@@ -169,7 +169,7 @@ def next_decision(policy: Policy, state: JourneyState, now: datetime) -> Decisio
         return Decision(kind="finish", at=now, reason=state.end_reason or str(stage))
     if stage is Stage.recovered:
         return _plan_recovery(policy, state, now)
-    if stage in TERMINAL_STAGES:
+    if stage.terminal:
         return Decision(kind="finish", at=now, reason=state.end_reason or str(stage))
     if state.paused_since is not None:
         return Decision(kind="wait", at=now, reason="paused: waiting for resume")
@@ -628,7 +628,7 @@ def apply_escalation(policy: Policy, state: JourneyState, decision: Decision, at
 
 
 def apply_payment_succeeded(policy: Policy, state: JourneyState, at: datetime, source: str) -> bool:
-    if state.stage in TERMINAL_STAGES:
+    if state.stage.terminal:
         note(state, at, "ignored", f"payment succeeded ({source}) after the journey ended as {state.stage}")
         return False
     _recover(state, at, f"paid out of band ({source})")
@@ -655,7 +655,7 @@ def apply_retry_now(policy: Policy, state: JourneyState, at: datetime, reason: s
 
 
 def apply_pause(policy: Policy, state: JourneyState, at: datetime, reason: str) -> None:
-    if state.paused_since is None and state.stage not in TERMINAL_STAGES:
+    if state.paused_since is None and not state.stage.terminal:
         state.paused_since = at
         note(state, at, "paused", reason)
         _refresh_stage(policy, state, at)
@@ -670,7 +670,7 @@ def apply_resume(policy: Policy, state: JourneyState, at: datetime, reason: str)
 
 
 def apply_cancel(policy: Policy, state: JourneyState, at: datetime, reason: str) -> None:
-    if state.stage in TERMINAL_STAGES:
+    if state.stage.terminal:
         return
     state.stage = Stage.cancelled
     state.ended_at = at
@@ -760,7 +760,7 @@ def _method(state: JourneyState, method_id: str | None) -> PaymentMethod:
 
 
 def _refresh_stage(policy: Policy, state: JourneyState, at: datetime) -> None:
-    if state.stage in TERMINAL_STAGES:
+    if state.stage.terminal:
         return
     if state.paused_since is not None:
         stage = Stage.paused

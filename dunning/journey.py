@@ -10,9 +10,9 @@ from datetime import datetime
 
 from pydantic import Field
 
+from dunning.engine import Decision, decline_class
 from dunning.enums import Stage
 from dunning.journey_state import AttemptRecord, JourneyState, MessageRecord, TimelineEntry
-from dunning.engine import Decision, decline_class
 from dunning.models import Decline, FailedPayment, Frozen, PaymentMethod
 
 WORKFLOW_NAME = "DunningWorkflow"

@@ -37,7 +37,7 @@ from pydantic_core import from_json
 from dunning import engine
 from dunning.budgets import CARD_HISTORY_WINDOW, card_key, earliest_attempt, violations
 from dunning.engine import Decision
-from dunning.enums import TERMINAL_STAGES, Channel
+from dunning.enums import Channel
 from dunning.journey_state import CardAttempt, JourneyState, MessageStatus
 from dunning.messaging import CAP_7D, CAP_24H, CAP_EXEMPT_TEMPLATES, frequency_capped, next_allowed, recipient, unreachable
 from dunning.models import ChargeOutcome
@@ -334,7 +334,7 @@ class _Journey:
 
     def _response_first(self, decision: Decision) -> datetime | None:
         """When the customer's pending reaction is due, if it comes before `decision`."""
-        if self.response_at is None or self.state.stage in TERMINAL_STAGES:
+        if self.response_at is None or self.state.stage.terminal:
             return None
         if decision.kind == "wait" or self.response_at <= decision.at:
             return self.response_at

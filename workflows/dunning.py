@@ -16,9 +16,9 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState, T
 
 with workflow.unsafe.imports_passed_through():
     from dunning import engine, search_attributes
+    from dunning.engine import Decision
     from dunning.enums import Action, Stage
     from dunning.journey_state import JourneyState
-    from dunning.engine import Decision
     from dunning.journey import (
         AdoptPolicy,
         JourneyInput,
