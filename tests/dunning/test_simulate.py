@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -291,6 +293,28 @@ def test_parallel_and_serial_runs_report_the_same(tmp_path: Path):
         parallel_lines.extend(line for j in result.journeys for line in j.events)
     assert report.to_dict() == serial["policy"]
     assert parallel_lines == lines
+
+
+@pytest.mark.parametrize("policy_file", ["default.yaml", "demo.yaml"])
+def test_simulating_makes_no_reference_cycles(tmp_path: Path, policy_file: str):
+    """`run_file` turns the cyclic garbage collector off: nothing a run does may need it."""
+    path = tmp_path / "g.jsonl"
+    with open(path, "w") as handle:
+        generator.write(300, seed=11, handle=handle)
+    policy = load_policy(ROOT / "policies" / policy_file)
+    simulate.simulate_file(path, policy, baseline=BASELINE, workers=1, events=lambda line: None)  # warm caches
+    gc.collect()
+    gc.garbage.clear()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # every collection keeps what it finds in gc.garbage
+    try:
+        enabled_before = gc.isenabled()
+        simulate.simulate_file(path, policy, baseline=BASELINE, workers=1, events=lambda line: None)
+        assert gc.isenabled() == enabled_before, "the run restores the collector"
+        gc.collect()
+        assert not gc.garbage, f"reference cycles: {Counter(type(o).__name__ for o in gc.garbage).most_common(5)}"
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
 
 
 def test_report_figures():
