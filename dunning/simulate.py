@@ -714,7 +714,8 @@ def run_file(
 
     `workers` processes (default: every core; 1 runs in this process). A run with a segment
     simulates only the clusters holding a scenario that its policy puts in that segment (the
-    report then keeps only those journeys).
+    report then keeps only those journeys). The process's cyclic garbage collector is off until
+    it returns.
     """
     path = str(path)
     workers = workers or os.cpu_count() or 1
