@@ -12,6 +12,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from dunning.engine import decline_class
 from dunning.journey_state import JourneyState
 from dunning.models import Customer, Frozen
 
@@ -60,7 +61,7 @@ def was_disputed(state: JourneyState) -> bool:
 def placement_request(state: JourneyState, at: datetime) -> PlacementRequest:
     payment = state.payment
     attempts = state.attempts
-    last_declined = next((a for a in reversed(attempts) if a.decline_class is not None), None)
+    last_decline_class = decline_class(state)
     sent = [m for m in state.messages if m.status == "sent"]
     return PlacementRequest(
         journey_id=state.journey_id,
@@ -72,7 +73,7 @@ def placement_request(state: JourneyState, at: datetime) -> PlacementRequest:
         first_failure_at=payment.failed_at,
         attempts=AttemptsSummary(
             count=len(attempts),
-            last_decline_class=last_declined.decline_class.value if last_declined else None,
+            last_decline_class=last_decline_class.value if last_decline_class else None,
             last_attempt_at=attempts[-1].at if attempts else None,
         ),
         messages=MessagesSummary(
