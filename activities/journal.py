@@ -8,7 +8,7 @@ from pydantic_core import to_jsonable_python
 from temporalio import activity
 
 from activities.payments import counted_attempts, to_card_attempt
-from dunning.budgets import card_key
+from dunning.budgets import card_key, journey_card_keys
 from dunning.enums import Channel, Stage
 from dunning.journey_state import CardAttempt
 from dunning.journey import JourneyStatus
@@ -68,11 +68,8 @@ class JournalActivities:
                 ),
                 check=lambda history: True,  # the gateway already made this attempt
             )
-        card_keys = {card_key(m) for m in request.payment_methods}
-        if request.initial_method is not None:
-            card_keys.add(card_key(request.initial_method))
         ledger: list[CardAttempt] = []
-        for key in sorted(card_keys):
+        for key in journey_card_keys(request.payment_methods, request.initial_method):
             for row in counted_attempts(self._store.card_history(key, failed_at - LEDGER_LOOKBACK)):
                 if row.journey_id != request.journey_id:
                     ledger.append(to_card_attempt(row))

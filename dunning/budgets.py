@@ -57,6 +57,15 @@ def card_key(method: PaymentMethod) -> str:
     return method.fingerprint or method.id
 
 
+def journey_card_keys(methods: Sequence[PaymentMethod], initial: PaymentMethod | None) -> list[str]:
+    """The cards a journey may charge, sorted: its methods' and the one whose charge failed.
+    Other journeys' attempts on these are what it reads from the card ledger when it opens."""
+    keys = {card_key(m) for m in methods}
+    if initial is not None:
+        keys.add(card_key(initial))
+    return sorted(keys)
+
+
 class BudgetDecision:
     """A plain class: mypyc compiles its `__init__` (a dataclass's is interpreted)."""
 

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from dunning import engine
-from dunning.budgets import CARD_HISTORY_WINDOW, card_key, earliest_attempt, violations
+from dunning.budgets import CARD_HISTORY_WINDOW, card_key, earliest_attempt, journey_card_keys, violations
 from dunning.engine import Decision
 from dunning.enums import Channel
 from dunning.journey_state import CardAttempt, JourneyState, MessageStatus
@@ -389,7 +389,7 @@ class _Journey:
             cluster.initial.append(failure)
         ledger: list[CardAttempt] = []
         if cluster.shared:
-            keys = sorted({card_key(m) for m in payment.payment_methods} | ({card_key(initial)} if initial else set()))
+            keys = journey_card_keys(payment.payment_methods, initial)
             since = payment.failed_at - CARD_HISTORY_WINDOW
             ledger = [
                 a for key in keys for a in cluster.ledger.get(key, ())

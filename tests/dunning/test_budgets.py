@@ -12,6 +12,7 @@ from dunning.budgets import (
     NETWORK_WINDOWS,
     NetworkWindow,
     earliest_attempt,
+    journey_card_keys,
     violations,
 )
 from dunning.journey_state import CardAttempt
@@ -73,6 +74,15 @@ def spread(
 
 
 # --- limits configuration -----------------------------------------------------------------------
+
+
+def test_a_journeys_cards_are_its_methods_and_the_failed_one_once_each_sorted() -> None:
+    shared = card(pm="pm_b")  # the same physical card (fingerprint fp_1) as pm_1
+    other = PaymentMethod(id="pm_a", brand="visa")  # no fingerprint: its own id is its card
+    failed_elsewhere = PaymentMethod(id="pm_failed", brand="visa", fingerprint="fp_0")
+    assert journey_card_keys([card(), shared, other], None) == ["fp_1", "pm_a"]
+    assert journey_card_keys([card(), other], failed_elsewhere) == ["fp_0", "fp_1", "pm_a"]
+    assert journey_card_keys([], card()) == ["fp_1"]
 
 
 def test_limits_defaults_and_yaml_values() -> None:
